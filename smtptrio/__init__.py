@@ -1,0 +1,47 @@
+"""smtptrio: a Trio-based, structured-concurrency SMTP server framework.
+
+Handlers written for aiosmtpd run unchanged; see the docs' "Migrating from aiosmtpd".
+"""
+
+from smtptrio.__about__ import __version__ as __version__
+from smtptrio.protocol.replies import Reply as Reply
+from smtptrio.server.hooks import auth_mechanism as auth_mechanism
+from smtptrio.server.options import OptionError as OptionError
+from smtptrio.server.options import Options as Options
+from smtptrio.server.serve import RunningServer as RunningServer
+from smtptrio.server.serve import serve as serve
+from smtptrio.server.serve import serve_listeners as serve_listeners
+from smtptrio.server.session import MISSING as MISSING
+from smtptrio.server.session import AuthResult as AuthResult
+from smtptrio.server.session import Envelope as Envelope
+from smtptrio.server.session import LoginPassword as LoginPassword
+from smtptrio.server.session import Session as Session
+from smtptrio.server.smtp import SMTP as SMTP
+from smtptrio.server.smtp import syntax as syntax
+
+__all__ = [
+    "MISSING",
+    "SMTP",
+    "AuthResult",
+    "Envelope",
+    "LoginPassword",
+    "OptionError",
+    "Options",
+    "Reply",
+    "RunningServer",
+    "Session",
+    "__version__",
+    "auth_mechanism",
+    "serve",
+    "serve_listeners",
+    "syntax",
+]
+
+
+def __getattr__(name: str) -> object:
+    # The Controller pulls in anyio's thread portal: import it only when asked for.
+    if name in ("Controller", "UnixSocketController"):
+        from smtptrio import controller
+
+        return getattr(controller, name)
+    raise AttributeError(f"module 'smtptrio' has no attribute {name!r}")

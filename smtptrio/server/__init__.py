@@ -1,0 +1,1 @@
+"""The trio adapter: the only package that awaits anything."""

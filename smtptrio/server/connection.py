@@ -1,0 +1,379 @@
+"""The per-connection task: stream bytes to the engine, events to hooks, replies back.
+
+One :class:`ConnectionIO` per accepted connection. It owns the stream (swapped for a
+``trio.SSLStream`` by STARTTLS), the protocol engine and the ``SMTP`` object, and one cancel
+scope whose deadline is the idle deadline: moved forward by every complete line, paused while
+a hook runs, and reached only when the client is idle or stalled (``421 4.4.2``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import ssl
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from smtptrio.protocol import replies
+from smtptrio.protocol.connection import Connection, Phase
+from smtptrio.protocol.events import (
+    CLOSED,
+    NEED_DATA,
+    ConnectionLost,
+    EndOfData,
+    Event,
+    Refused,
+    Sentinel,
+    StartTLS,
+)
+from smtptrio.protocol.replies import Reply
+from smtptrio.server.tls import handshake, ssl_info
+
+if TYPE_CHECKING:
+    from smtptrio.protocol.config import Config
+    from smtptrio.server.options import Options
+    from smtptrio.server.smtp import SMTP
+
+__all__ = ["ConnectionIO", "StopReason"]
+
+log = logging.getLogger("smtptrio.connection")
+
+_RECEIVE_SIZE = 65536
+_CLOSE_TIMEOUT = 5.0
+
+
+class StopReason(Enum):
+    """Why the server ended a session on its own initiative."""
+
+    #: The idle (or data-rate) deadline passed.
+    TIMEOUT = "timeout"
+    #: The server is shutting down.
+    SHUTDOWN = "shutdown"
+
+
+class _HookTimeout(Exception):
+    """A hook ran longer than ``hook_timeout``."""
+
+
+class ConnectionIO:
+    """Drives one session: the I/O half of what aiosmtpd's SMTP protocol object does."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        smtp: SMTP,
+        config: Config,
+        options: Options,
+        *,
+        peer: Any,
+        sockname: Any = None,
+        shutting_down: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.stream = stream
+        self.smtp = smtp
+        self.options = options
+        self.conn = Connection(config)
+        self.peer = peer
+        self.sockname = sockname
+        self._shutting_down = shutting_down
+        self._scope = trio.CancelScope()
+        self._timeout = options.timeout
+        self._deadline = math.inf
+        self._data_rate = options.min_data_rate
+        self._waiting_idle = False
+        self.stop_reason: StopReason | None = None
+        self.messages = 0
+        self.bytes_in = 0
+        self.outcome = "open"
+        smtp._conn = self.conn
+        smtp._io = self
+
+    # ------------------------------------------------------------------ public to SMTP
+
+    def extra_info(self, name: str, default: Any = None) -> Any:
+        """asyncio's ``transport.get_extra_info`` names, for handlers that use them."""
+        if name == "peername":
+            return self.peer
+        if name == "sockname":
+            return self.sockname
+        if isinstance(self.stream, trio.SSLStream):
+            tls = self.stream
+            if name == "sslcontext":
+                return tls.context
+            if name == "ssl_object":
+                return tls
+            if name == "peercert":
+                return tls.getpeercert()
+            if name == "cipher":
+                return tls.cipher()
+            if name == "compression":
+                return tls.compression()
+        return default
+
+    async def run_hook(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Call a hook (sync or async) with the idle timer paused and under ``hook_timeout``."""
+        self._scope.deadline = math.inf
+        limit = self.options.hook_timeout
+        try:
+            if limit is None:
+                result = func(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            with trio.move_on_after(limit) as hook_scope:
+                result = func(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            if hook_scope.cancelled_caught:
+                raise _HookTimeout(f"hook {getattr(func, '__name__', func)!r} exceeded {limit} s")
+            return None  # pragma: no cover - unreachable
+        finally:
+            self._touch()
+
+    async def read_event(self) -> Event | Sentinel:
+        """The next event, receiving (and flushing replies first) as long as the engine needs."""
+        conn = self.conn
+        for _ in range(1 << 62):  # bounded by the stream: each turn reads or returns
+            event = conn.next_event()
+            if event is not NEED_DATA:
+                if event is not CLOSED and not isinstance(event, ConnectionLost):
+                    self._touch()
+                return event
+            await self._flush()
+            if self._shutting_down() and self._idle_now():
+                self.stop_reason = StopReason.SHUTDOWN
+                self.conn.send(replies.SERVICE_SHUTTING_DOWN)
+                return CLOSED
+            await self._receive()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def request_shutdown(self) -> None:
+        """Graceful shutdown: end now if idle, else at the end of the transaction."""
+        if self._waiting_idle:
+            self.stop_reason = StopReason.SHUTDOWN
+            self._scope.cancel()
+
+    def force_close(self) -> None:
+        """The grace period is over: end the session wherever it is."""
+        self.stop_reason = StopReason.SHUTDOWN
+        self._scope.cancel()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        """Greet, serve commands until QUIT, EOF, a closing reply, timeout or shutdown."""
+        smtp = self.smtp
+        session = smtp._create_session()
+        session.peer = self.peer
+        if isinstance(self.stream, trio.SSLStream):
+            session.ssl = ssl_info(self.stream)
+        smtp.session = session
+        smtp.envelope = smtp._create_envelope()
+        self._touch()
+        log.info("session started", extra={"session_id": session.id, "peer": self.peer})
+        try:
+            with self._scope:
+                self.conn.send(Reply(220, None, (f"{smtp.hostname} {smtp.__ident__}",)))
+                await self._loop()
+            if self._scope.cancelled_caught:
+                await self._stopped()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.outcome = f"disconnected ({type(exc).__name__})"
+            log.info("connection lost", extra={"session_id": session.id, "error": repr(exc)})
+        finally:
+            await self._close()
+            log.info(
+                "session ended",
+                extra={
+                    "session_id": session.id,
+                    "peer": self.peer,
+                    "tls": isinstance(self.stream, trio.SSLStream),
+                    "auth_user": _auth_user(smtp.session),
+                    "messages": self.messages,
+                    "bytes": self.bytes_in,
+                    "outcome": self.outcome,
+                },
+            )
+
+    async def _loop(self) -> None:
+        conn = self.conn
+        smtp = self.smtp
+        for _ in range(1 << 62):  # ends on CLOSED or ConnectionLost
+            event = await self.read_event()
+            if event is CLOSED:
+                await self._flush()
+                self.outcome = self.outcome if self.outcome != "open" else "closed"
+                return
+            if isinstance(event, ConnectionLost):
+                self.outcome = f"client closed{' during ' + event.during if event.during else ''}"
+                if event.during:
+                    log.warning(
+                        "connection closed mid-command",
+                        extra={"session_id": _sid(smtp), "during": event.during},
+                    )
+                return
+            if isinstance(event, Refused):
+                level = logging.WARNING if event.reply.code >= 500 or event.reply.closes else logging.INFO
+                log.log(
+                    level,
+                    "command refused",
+                    extra={
+                        "session_id": _sid(smtp),
+                        "verb": event.command,
+                        "code": event.reply.code,
+                        "enhanced": event.reply.enhanced,
+                        "detail": event.detail,
+                    },
+                )
+                continue
+            assert isinstance(event, Event)
+            await self._dispatch(event)
+            if isinstance(event, EndOfData):
+                self.messages += 1
+                self.bytes_in += len(event.content)
+            if isinstance(event, StartTLS) and conn.phase is Phase.TLS_PENDING:
+                if not await self._start_tls():
+                    return
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _dispatch(self, event: Event) -> None:
+        try:
+            await self.smtp.dispatch(event)
+        except _HookTimeout:  # pragma: no cover - dispatch handles it as a handler error
+            raise
+
+    async def _start_tls(self) -> bool:
+        """RFC 3207: drop pipelined plaintext, handshake, start a new session."""
+        smtp = self.smtp
+        ctx = smtp.tls_context
+        assert ctx is not None
+        await self._flush()
+        dropped = self.conn.start_tls()
+        if dropped:
+            log.warning(
+                "plaintext pipelined after STARTTLS dropped",
+                extra={"session_id": _sid(smtp), "octets": len(dropped)},
+            )
+        tls = await self._handshake(ctx)
+        if tls is None:
+            return False
+        self.stream = tls
+        old = smtp.session
+        session = smtp._create_session()
+        session.peer = self.peer
+        if old is not None:
+            session.proxy_data = old.proxy_data
+        session.ssl = ssl_info(tls)
+        smtp.session = session
+        smtp.envelope = smtp._create_envelope()
+        hook = smtp.event_handler_hooks.handle_starttls
+        if hook is not None:
+            try:
+                ok = await self.run_hook(hook, smtp, session, smtp.envelope)
+            except Exception:
+                log.exception("handle_STARTTLS failed", extra={"session_id": session.id})
+                ok = False
+            if not ok:
+                log.warning("handle_STARTTLS refused the session", extra={"session_id": session.id})
+                self.conn.refuse_after_tls()
+        log.info("TLS started", extra={"session_id": session.id, "cipher": tls.cipher()})
+        return True
+
+    async def _handshake(self, ctx: ssl.SSLContext) -> trio.SSLStream[trio.abc.Stream] | None:
+        self._scope.deadline = math.inf
+        tls = await handshake(self.stream, ctx, self.options.tls_handshake_timeout, _sid(self.smtp))
+        self._touch()
+        if tls is None:
+            self.outcome = "TLS handshake failed"
+        return tls
+
+    # ------------------------------------------------------------------ I/O
+
+    def _touch(self) -> None:
+        """Activity: the idle deadline moves forward (RFC 5321 section 4.5.3.2 timeouts)."""
+        self._deadline = trio.current_time() + self._timeout
+
+    def _idle_now(self) -> bool:
+        conn = self.conn
+        return conn.phase is Phase.COMMAND and not conn.in_transaction
+
+    async def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self._scope.deadline = self._deadline
+            await self.stream.send_all(data)
+            self._scope.deadline = math.inf
+
+    async def _receive(self) -> None:
+        conn = self.conn
+        self._waiting_idle = self._idle_now()
+        self._scope.deadline = self._deadline
+        try:
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+        finally:
+            self._waiting_idle = False
+            self._scope.deadline = math.inf
+        if conn.in_data and data:
+            self._data_progress(len(data), b"\n" in data)
+        conn.receive_data(data)
+
+    def _data_progress(self, size: int, had_line_end: bool) -> None:
+        """Postfix's smtpd_min_data_rate: each read buys size/rate seconds, capped at timeout."""
+        now = trio.current_time()
+        cap = now + self._timeout
+        rate = self._data_rate
+        if rate:
+            self._deadline = min(cap, max(self._deadline, now) + size / rate)
+            if had_line_end and self._deadline < now + 1.0:
+                self._deadline = min(cap, now + 1.0)
+        elif had_line_end:
+            self._deadline = cap
+
+    async def _stopped(self) -> None:
+        """Tell the client why we end the session (timeout or shutdown), then close."""
+        if self.stop_reason is StopReason.SHUTDOWN:
+            reply = replies.SERVICE_SHUTTING_DOWN
+            self.outcome = "server shutdown"
+        else:
+            self.stop_reason = StopReason.TIMEOUT
+            reply = replies.DATA_RATE_TOO_LOW if self.conn.in_data else replies.IDLE_TIMEOUT
+            self.outcome = "timeout"
+            log.warning(
+                "session timed out",
+                extra={"session_id": _sid(self.smtp), "in_data": self.conn.in_data},
+            )
+        with trio.move_on_after(_CLOSE_TIMEOUT):
+            try:
+                self.conn.data_to_send()  # whatever was queued is moot now
+                await self.stream.send_all(reply.render())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def _close(self) -> None:
+        stream = self.stream
+        with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
+            scope.shield = True
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(stream)
+
+
+def _sid(smtp: SMTP) -> str:
+    return smtp.session.id if smtp.session is not None else "-"
+
+
+def _auth_user(session: Any) -> str | None:
+    if session is None or not session.authenticated:
+        return None
+    login = getattr(session.auth_data, "login", None)
+    if isinstance(login, bytes):
+        return login.decode("utf-8", "replace")
+    return None

@@ -1,0 +1,228 @@
+"""The handler's hooks, resolved once per handler, and the one place that calls them.
+
+aiosmtpd looks hooks up by name (``handle_<VERB>``, ``auth_<MECH>``, ``handle_exception``...)
+and guesses the form of ``handle_EHLO`` from its signature on every connection. Here that work
+happens once, when the server starts: :meth:`HookTable.for_handler` inspects the handler's class
+(cached per class) and binds the hooks of the instance. Sync and async hooks are both accepted:
+a hook is called, and its result awaited if it is awaitable (COMPAT.md section 2.1).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+
+from smtptrio.protocol.replies import Reply, ReplySyntaxError, complete_enhanced
+
+__all__ = [
+    "COMMAND_HOOKS",
+    "DataHook",
+    "HookTable",
+    "ReplyError",
+    "auth_mechanism",
+    "mechanism_name",
+    "parse_status",
+]
+
+log = logging.getLogger(__name__)
+
+#: Hooks called as ``hook(server, session, envelope, *extra)``.
+COMMAND_HOOKS = ("HELO", "EHLO", "NOOP", "QUIT", "VRFY", "MAIL", "RCPT", "RSET", "DATA", "AUTH")
+
+
+class DataHook(Protocol):
+    """The shape of the hook most handlers implement (documented for type checkers)."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str: ...
+
+
+class ReplyError(Exception):
+    """A hook returned something that is not a reply; treated as a handler error."""
+
+
+def auth_mechanism(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Name an ``auth_*`` method's mechanism when the name is not a valid identifier.
+
+    >>> @auth_mechanism("SCRAM-SHA-256")
+    ... async def auth_scram(server, args): ...
+    >>> mechanism_name("auth_scram", auth_scram)
+    'SCRAM-SHA-256'
+    """
+    import re
+
+    if not re.fullmatch(r"[A-Z0-9_-]+", name.upper()) or not name:
+        raise ValueError(f"invalid AUTH mechanism name {name!r}: use [A-Z0-9_-]+")
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func.__auth_mechanism_name__ = name.upper()  # type: ignore[attr-defined]  # marker attribute
+        return func
+
+    return decorate
+
+
+def mechanism_name(attr: str, func: object) -> str:
+    """The mechanism an ``auth_*`` attribute implements: decorator name, else from the name."""
+    named = getattr(func, "__auth_mechanism_name__", None)
+    if isinstance(named, str):
+        return named
+    return attr[len("auth_") :].replace("__", "-").upper()
+
+
+def _positional_arity(func: Callable[..., Any]) -> int | None:
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class _ClassShape:
+    """What the inspection of a handler class found (cached per class)."""
+
+    commands: frozenset[str]
+    ehlo_style: str | None  # None (no hook), "new" (5 args) or "old" (4 args, deprecated)
+    has_exception: bool
+    has_starttls: bool
+    has_proxy: bool
+    has_process_message: bool
+    auth_attrs: tuple[str, ...]
+
+
+@lru_cache(maxsize=256)
+def _shape(cls: type) -> _ClassShape:
+    commands = frozenset(v for v in COMMAND_HOOKS if callable(getattr(cls, f"handle_{v}", None)))
+    ehlo_style = None
+    if "EHLO" in commands:
+        arity = _positional_arity(getattr(cls, "handle_EHLO"))
+        # On the class, methods still count `self`: 6 is (self, server, session, envelope,
+        # hostname, responses), the current form; 5 is the deprecated form without responses.
+        ehlo_style = "old" if arity == 5 else "new"
+    auth_attrs = tuple(
+        sorted(a for a in dir(cls) if a.startswith("auth_") and callable(getattr(cls, a, None)))
+    )
+    return _ClassShape(
+        commands=commands,
+        ehlo_style=ehlo_style,
+        has_exception=callable(getattr(cls, "handle_exception", None)),
+        has_starttls=callable(getattr(cls, "handle_STARTTLS", None)),
+        has_proxy=callable(getattr(cls, "handle_PROXY", None)),
+        has_process_message=callable(getattr(cls, "process_message", None)),
+        auth_attrs=auth_attrs,
+    )
+
+
+async def call_maybe_async(func: Callable[..., Any], *args: Any) -> Any:
+    """Call ``func`` and await the result when it is awaitable (sync and async hooks alike)."""
+    result = func(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+@lru_cache(maxsize=1024)
+def _parse_cached(status: str, verb: str, complete: bool) -> Reply:
+    reply = Reply.parse(status)
+    if complete and reply.enhanced is None:
+        enhanced = complete_enhanced(reply.code, verb)
+        if enhanced is not None:
+            reply = Reply(reply.code, enhanced, reply.lines)
+    return reply
+
+
+def parse_status(status: object, verb: str, *, complete: bool, utf8: bool) -> Reply:
+    """Turn what a hook returned into a Reply, or raise ReplyError (never sent raw).
+
+    Args:
+        status: the hook's return value (``str`` or ``bytes``).
+        verb: the command it answers, which picks the enhanced code to add.
+        complete: add an enhanced code when the hook gave none (RFC 2034).
+        utf8: SMTPUTF8 is on, so the text may be UTF-8; otherwise it must be ASCII.
+    """
+    if isinstance(status, bytes | bytearray):
+        try:
+            status = bytes(status).decode("utf-8" if utf8 else "ascii")
+        except UnicodeDecodeError as exc:
+            raise ReplyError(f"reply bytes are not {'UTF-8' if utf8 else 'ASCII'}") from exc
+    if not isinstance(status, str):
+        raise ReplyError(f"a reply must be str or bytes, got {type(status).__name__}")
+    if not utf8 and not status.isascii():
+        raise ReplyError("non-ASCII reply text while SMTPUTF8 is off")
+    try:
+        return _parse_cached(status, verb, complete)
+    except ReplySyntaxError as exc:
+        raise ReplyError(str(exc)) from exc
+
+
+class HookTable:
+    """The hooks of one handler instance, bound once; shared by all its connections."""
+
+    __slots__ = (
+        "auth_hooks",
+        "commands",
+        "ehlo_style",
+        "handler",
+        "handle_exception",
+        "handle_proxy",
+        "handle_starttls",
+        "process_message",
+    )
+
+    def __init__(self, handler: object) -> None:
+        shape = _shape(type(handler))
+        self.handler = handler
+        self.commands: dict[str, Callable[..., Any]] = {
+            verb: getattr(handler, f"handle_{verb}") for verb in shape.commands
+        }
+        self.ehlo_style = shape.ehlo_style
+        if shape.ehlo_style == "old":
+            warnings.warn(
+                "handle_EHLO(server, session, envelope, hostname) is deprecated; add a "
+                "`responses` argument and return the list of lines",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        self.handle_exception = getattr(handler, "handle_exception") if shape.has_exception else None
+        self.handle_starttls = getattr(handler, "handle_STARTTLS") if shape.has_starttls else None
+        self.handle_proxy = getattr(handler, "handle_PROXY") if shape.has_proxy else None
+        self.process_message = None
+        if shape.has_process_message and "DATA" not in self.commands:
+            warnings.warn(
+                "process_message() is deprecated; implement handle_DATA()",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            self.process_message = getattr(handler, "process_message")
+        self.auth_hooks: dict[str, Callable[..., Any]] = {}
+        for attr in shape.auth_attrs:
+            func = getattr(handler, attr)
+            self.auth_hooks[mechanism_name(attr, func)] = func
+
+    @classmethod
+    def for_handler(cls, handler: object) -> HookTable:
+        return cls(handler)
+
+    def has(self, verb: str) -> bool:
+        return verb in self.commands
+
+    async def on_exception(self, error: Exception) -> object:
+        """Ask ``handle_exception`` (sync or async) for the reply to an error; None if it has none."""
+        hook = self.handle_exception
+        if hook is None:
+            return None
+        try:
+            return await call_maybe_async(hook, error)
+        except Exception:
+            log.exception("handle_exception itself failed")
+            return None

@@ -1,0 +1,359 @@
+"""``serve`` and ``serve_listeners``: a nursery per listener, a task per connection.
+
+Start a server with ``await nursery.start(smtptrio.serve, handler, ...)``: options are validated
+and the sockets bound before ``start()`` returns (bad options and busy ports raise there), and it
+returns a :class:`RunningServer` with the real port. ``RunningServer.shutdown()`` stops
+accepting, tells idle clients ``421 4.3.2``, lets transactions finish within a grace period,
+then closes what is left; ``serve`` returns once every connection is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from smtptrio.protocol import replies
+from smtptrio.protocol.config import Config
+from smtptrio.server.connection import ConnectionIO
+from smtptrio.server.hooks import HookTable
+from smtptrio.server.options import Options, build_options
+from smtptrio.server.smtp import SMTP
+from smtptrio.server.tls import handshake
+
+__all__ = ["RunningServer", "serve", "serve_listeners"]
+
+log = logging.getLogger("smtptrio.server")
+
+# accept() errors that mean "out of resources right now", not "this listener is broken";
+# trio.serve_listeners treats the same set this way.
+_ACCEPT_CAPACITY_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+
+
+class RunningServer:
+    """A server that is listening; returned by ``nursery.start(serve, ...)``."""
+
+    def __init__(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        options: Options,
+        hostname: str,
+    ) -> None:
+        self.listeners: list[trio.abc.Listener[Any]] = list(listeners)
+        self.options = options
+        #: The name used in the greeting and HELO/EHLO replies.
+        self.hostname = hostname
+        self._connections: set[ConnectionIO] = set()
+        self._per_ip: Counter[str] = Counter()
+        self._accept_scopes: list[trio.CancelScope] = []
+        self._shutting_down = False
+        self._idle = trio.Event()
+        self._idle.set()
+        self._done = trio.Event()
+
+    @property
+    def sockets(self) -> list[trio.socket.SocketType]:
+        """The listening sockets of the TCP listeners."""
+        return [ln.socket for ln in self.listeners if isinstance(ln, trio.SocketListener)]
+
+    @property
+    def port(self) -> int:
+        """The port of the first TCP listener (the real one when ``port=0`` was asked)."""
+        for sock in self.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                port: int = sock.getsockname()[1]
+                return port
+        raise AttributeError("this server has no TCP listener")
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    async def shutdown(self, grace_period: float = 30.0) -> None:
+        """Stop accepting, close idle sessions with 421, wait up to ``grace_period`` for the rest.
+
+        Sessions in the middle of a transaction may finish it (and get their 250) within the
+        grace period; each is closed with ``421 4.3.2`` as soon as it is idle again. After the
+        grace period the remaining sessions are closed wherever they are.
+        """
+        if grace_period < 0:
+            raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
+        if not self._shutting_down:
+            self._shutting_down = True
+            log.info("shutting down", extra={"connections": len(self._connections)})
+            for scope in self._accept_scopes:
+                scope.cancel()
+            for io in list(self._connections):
+                io.request_shutdown()
+        with trio.move_on_after(grace_period):
+            await self._idle.wait()
+        for io in list(self._connections):
+            io.force_close()
+        await self._idle.wait()
+        await self._done.wait()
+
+    # ------------------------------------------------------------------ internals
+
+    def _admit(self, ip: str | None) -> replies.Reply | None:
+        opts = self.options
+        if opts.max_connections is not None and len(self._connections) >= opts.max_connections:
+            return replies.TOO_MANY_CONNECTIONS
+        limit = opts.max_connections_per_ip
+        if (
+            ip is not None
+            and limit is not None
+            and ip not in opts.connection_limit_exempt
+            and self._per_ip[ip] >= limit
+        ):
+            return replies.TOO_MANY_CONNECTIONS_FROM_IP
+        return None
+
+    def _register(self, io: ConnectionIO, ip: str | None) -> None:
+        self._connections.add(io)
+        if ip is not None:
+            self._per_ip[ip] += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _unregister(self, io: ConnectionIO, ip: str | None) -> None:
+        self._connections.discard(io)
+        if ip is not None:
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+        if not self._connections:
+            self._idle.set()
+
+
+def _peer_of(stream: trio.abc.Stream) -> tuple[Any, Any]:
+    sock_stream = stream
+    while isinstance(sock_stream, trio.SSLStream):
+        sock_stream = sock_stream.transport_stream
+    if isinstance(sock_stream, trio.SocketStream):
+        try:
+            peer = sock_stream.socket.getpeername()
+        except OSError:
+            peer = None
+        try:
+            sockname = sock_stream.socket.getsockname()
+        except OSError:
+            sockname = None
+        if isinstance(peer, str) or isinstance(peer, bytes):
+            peer = peer.decode() if isinstance(peer, bytes) else peer
+        return peer, sockname
+    return None, None
+
+
+def _ip_of(peer: Any) -> str | None:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None
+
+
+class _Runtime:
+    """What every connection of one server shares: options, hooks, engine config, SMTP class."""
+
+    def __init__(
+        self, handler: object, options: Options, smtp_class: type[SMTP], hostname: str
+    ) -> None:
+        self.handler = handler
+        self.options = options
+        self.smtp_class = smtp_class
+        self.hooks = HookTable.for_handler(handler)
+        self.hostname = hostname
+        template = smtp_class._for_connection(handler, options, self.hooks)
+        self.config: Config = template.protocol_config()
+
+    def new_smtp(self) -> SMTP:
+        smtp = self.smtp_class._for_connection(self.handler, self.options, self.hooks)
+        smtp.hostname = self.hostname
+        return smtp
+
+
+async def _handle(stream: trio.abc.Stream, runtime: _Runtime, server: RunningServer) -> None:
+    peer, sockname = _peer_of(stream)
+    ip = _ip_of(peer)
+    try:
+        refusal = _admit_or_refuse(server, ip)
+        if refusal is not None:
+            log.warning("connection refused by limit", extra={"peer": peer, "reply": refusal.code})
+            with trio.move_on_after(5):
+                try:
+                    await stream.send_all(refusal.render())
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+            await trio.aclose_forcefully(stream)
+            return
+        smtp = runtime.new_smtp()
+        io = ConnectionIO(
+            stream,
+            smtp,
+            runtime.config,
+            runtime.options,
+            peer=peer,
+            sockname=sockname,
+            shutting_down=lambda: server.shutting_down,
+        )
+        server._register(io, ip)
+        try:
+            if runtime.options.ssl_context is not None:
+                tls = await handshake(
+                    stream, runtime.options.ssl_context, runtime.options.tls_handshake_timeout, "-"
+                )
+                if tls is None:
+                    return
+                io.stream = tls
+            await io.run()
+        finally:
+            server._unregister(io, ip)
+    except Exception:
+        # One broken connection never takes the server down (ARCHITECTURE.md section 3).
+        log.exception("connection task failed", extra={"peer": peer})
+        await trio.aclose_forcefully(stream)
+
+
+def _admit_or_refuse(server: RunningServer, ip: str | None) -> replies.Reply | None:
+    if server.shutting_down:
+        return replies.SERVICE_SHUTTING_DOWN
+    return server._admit(ip)
+
+
+async def _accept_loop(
+    listener: trio.abc.Listener[Any], runtime: _Runtime, server: RunningServer
+) -> None:
+    """One listener: accept until shutdown, then wait for this listener's connections."""
+    async with trio.open_nursery() as connections:
+        scope = trio.CancelScope()
+        server._accept_scopes.append(scope)
+        with scope:
+            for _ in range(1 << 62):  # ends by cancellation at shutdown
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                        log.error("accept() out of resources; pausing", extra={"errno": exc.errno})
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                connections.start_soon(_handle, stream, runtime, server)
+        try:
+            await listener.aclose()
+        except (trio.ClosedResourceError, OSError):
+            pass
+
+
+async def _resolve_hostname(options: Options) -> str:
+    if options.hostname:
+        return options.hostname
+    # getfqdn may wait on DNS: off the event loop, and bounded.
+    with trio.move_on_after(5):
+        return await trio.to_thread.run_sync(socket.getfqdn, abandon_on_cancel=True)
+    return "localhost"
+
+
+async def serve_listeners(
+    handler: object,
+    listeners: Sequence[trio.abc.Listener[Any]],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    smtp_class: type[SMTP] = SMTP,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve SMTP on listeners you made (unix sockets, memory listeners in tests, ...).
+
+    Args:
+        handler: an aiosmtpd-style handler object; its hooks are resolved once, here.
+        listeners: trio listeners; each gets its own nursery of connection tasks.
+        ssl_context: implicit TLS (SMTPS): every connection starts with a handshake.
+        smtp_class: an ``SMTP`` subclass that adds commands or AUTH mechanisms.
+        **options: the options of ``smtptrio.server.options.Options`` (aiosmtpd's names).
+    Raises:
+        TypeError, ValueError: for bad options, before anything is served.
+    """
+    if ssl_context is not None:
+        options["ssl_context"] = ssl_context
+    opts = options.pop("_options", None) or build_options(options)
+    if not (isinstance(smtp_class, type) and issubclass(smtp_class, SMTP)):
+        raise TypeError(f"smtp_class must be a subclass of smtptrio.SMTP, got {smtp_class!r}")
+    hostname = await _resolve_hostname(opts)
+    runtime = _Runtime(handler, opts, smtp_class, hostname)
+    server = RunningServer(listeners, opts, hostname)
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, runtime, server)
+            log.info("listening", extra={"listeners": len(listeners)})
+            task_status.started(server)
+    finally:
+        server._done.set()
+
+
+async def serve(
+    handler: object,
+    *,
+    host: str | None = "localhost",
+    port: int = 8025,
+    ssl_context: ssl.SSLContext | None = None,
+    smtp_class: type[SMTP] = SMTP,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Serve SMTP on ``host:port`` until cancelled or shut down.
+
+    ``port=0`` picks a free port (``RunningServer.port`` tells which). When ``host`` resolves
+    to several addresses (``localhost`` to 127.0.0.1 and ::1) all are bound on the same port.
+
+    Raises:
+        TypeError, ValueError: for bad options (before binding).
+        OSError: when the address cannot be bound (in use, permission).
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer 0-65535, got {port!r}")
+    if ssl_context is not None:
+        options["ssl_context"] = ssl_context
+    opts = build_options(options)
+    listeners = await _open_listeners(host, port)
+    try:
+        await serve_listeners(
+            handler, listeners, smtp_class=smtp_class, task_status=task_status, _options=opts
+        )
+    finally:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                try:
+                    await listener.aclose()
+                except (trio.ClosedResourceError, OSError):
+                    pass
+
+
+async def _open_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    if port != 0 or len(listeners) < 2:
+        return listeners
+    # Port 0 gave each address its own port; keep the first and bind the others to its port,
+    # so a client that resolves the name differently still finds us.
+    first, *others = listeners
+    real = first.socket.getsockname()[1]
+    result = [first]
+    for other in others:
+        addr = other.socket.getsockname()[0]
+        await other.aclose()
+        try:
+            result.extend(await trio.open_tcp_listeners(real, host=addr))
+        except OSError:
+            log.debug("could not bind the extra address", extra={"address": addr, "port": real})
+    return result
+
