@@ -1,0 +1,5 @@
+"""pytest fixtures for testing code that sends mail (registered through the pytest11 entry point)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
