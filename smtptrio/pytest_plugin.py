@@ -1,4 +1,4 @@
-"""pytest fixtures for testing code that sends mail (registered through the pytest11 entry point)."""
+"""pytest fixtures for testing code that sends mail (registered via the pytest11 entry point)."""
 
 from __future__ import annotations
 

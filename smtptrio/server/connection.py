@@ -218,7 +218,8 @@ class ConnectionIO:
                     )
                 return
             if isinstance(event, Refused):
-                level = logging.WARNING if event.reply.code >= 500 or event.reply.closes else logging.INFO
+                reply = event.reply
+                level = logging.WARNING if reply.code >= 500 or reply.closes else logging.INFO
                 log.log(
                     level,
                     "command refused",
@@ -236,16 +237,16 @@ class ConnectionIO:
             if isinstance(event, EndOfData):
                 self.messages += 1
                 self.bytes_in += len(event.content)
-            if isinstance(event, StartTLS) and conn.phase is Phase.TLS_PENDING:
-                if not await self._start_tls():
-                    return
+            if (
+                isinstance(event, StartTLS)
+                and conn.phase is Phase.TLS_PENDING
+                and not await self._start_tls()
+            ):
+                return
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _dispatch(self, event: Event) -> None:
-        try:
-            await self.smtp.dispatch(event)
-        except _HookTimeout:  # pragma: no cover - dispatch handles it as a handler error
-            raise
+        await self.smtp.dispatch(event)
 
     async def _start_tls(self) -> bool:
         """RFC 3207: drop pipelined plaintext, handshake, start a new session."""
@@ -320,7 +321,7 @@ class ConnectionIO:
             self._scope.deadline = math.inf
         if conn.in_data and data:
             self._data_progress(len(data), b"\n" in data)
-        conn.receive_data(data)
+        conn.receive_data(bytes(data))
 
     def _data_progress(self, size: int, had_line_end: bool) -> None:
         """Postfix's smtpd_min_data_rate: each read buys size/rate seconds, capped at timeout."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -100,12 +101,22 @@ class _ClassShape:
     auth_attrs: tuple[str, ...]
 
 
-@lru_cache(maxsize=256)
-def _shape(cls: type) -> _ClassShape:
+_SHAPES: weakref.WeakKeyDictionary[type[Any], _ClassShape] = weakref.WeakKeyDictionary()
+
+
+def _shape(cls: type[Any]) -> _ClassShape:
+    """Inspect a handler class once; later servers with the same class reuse the result."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        shape = _SHAPES[cls] = _inspect_class(cls)
+    return shape
+
+
+def _inspect_class(cls: type[Any]) -> _ClassShape:
     commands = frozenset(v for v in COMMAND_HOOKS if callable(getattr(cls, f"handle_{v}", None)))
     ehlo_style = None
     if "EHLO" in commands:
-        arity = _positional_arity(getattr(cls, "handle_EHLO"))
+        arity = _positional_arity(cls.handle_EHLO)
         # On the class, methods still count `self`: 6 is (self, server, session, envelope,
         # hostname, responses), the current form; 5 is the deprecated form without responses.
         ehlo_style = "old" if arity == 5 else "new"
@@ -172,14 +183,14 @@ class HookTable:
         "auth_hooks",
         "commands",
         "ehlo_style",
-        "handler",
         "handle_exception",
         "handle_proxy",
         "handle_starttls",
+        "handler",
         "process_message",
     )
 
-    def __init__(self, handler: object) -> None:
+    def __init__(self, handler: Any) -> None:
         shape = _shape(type(handler))
         self.handler = handler
         self.commands: dict[str, Callable[..., Any]] = {
@@ -193,9 +204,9 @@ class HookTable:
                 DeprecationWarning,
                 stacklevel=3,
             )
-        self.handle_exception = getattr(handler, "handle_exception") if shape.has_exception else None
-        self.handle_starttls = getattr(handler, "handle_STARTTLS") if shape.has_starttls else None
-        self.handle_proxy = getattr(handler, "handle_PROXY") if shape.has_proxy else None
+        self.handle_exception = handler.handle_exception if shape.has_exception else None
+        self.handle_starttls = handler.handle_STARTTLS if shape.has_starttls else None
+        self.handle_proxy = handler.handle_PROXY if shape.has_proxy else None
         self.process_message = None
         if shape.has_process_message and "DATA" not in self.commands:
             warnings.warn(
@@ -203,7 +214,7 @@ class HookTable:
                 DeprecationWarning,
                 stacklevel=3,
             )
-            self.process_message = getattr(handler, "process_message")
+            self.process_message = handler.process_message
         self.auth_hooks: dict[str, Callable[..., Any]] = {}
         for attr in shape.auth_attrs:
             func = getattr(handler, attr)
@@ -217,7 +228,7 @@ class HookTable:
         return verb in self.commands
 
     async def on_exception(self, error: Exception) -> object:
-        """Ask ``handle_exception`` (sync or async) for the reply to an error; None if it has none."""
+        """Ask ``handle_exception`` (sync or async) for the reply to an error, or None."""
         hook = self.handle_exception
         if hook is None:
             return None

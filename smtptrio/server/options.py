@@ -207,7 +207,7 @@ def build_options(options: Mapping[str, object]) -> Options:
         kwargs.pop("auth_exclude_mechanism", None)
     exempt = kwargs.get("connection_limit_exempt")
     if exempt is not None:
-        kwargs["connection_limit_exempt"] = frozenset(exempt)  # type: ignore[arg-type]  # checked by frozenset
+        kwargs["connection_limit_exempt"] = frozenset(exempt)
     if kwargs.get("data_size_limit") == 0:
         kwargs["data_size_limit"] = None
     if kwargs.get("auth_callback") is not None:

@@ -150,8 +150,8 @@ def _peer_of(stream: trio.abc.Stream) -> tuple[Any, Any]:
             sockname = sock_stream.socket.getsockname()
         except OSError:
             sockname = None
-        if isinstance(peer, str) or isinstance(peer, bytes):
-            peer = peer.decode() if isinstance(peer, bytes) else peer
+        if isinstance(peer, bytes):
+            peer = peer.decode()
         return peer, sockname
     return None, None
 

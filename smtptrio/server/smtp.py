@@ -41,9 +41,21 @@ from smtptrio.protocol.events import (
 )
 from smtptrio.protocol.replies import Reply
 from smtptrio.protocol.sasl import decode_plain, decode_response
-from smtptrio.server.hooks import HookTable, ReplyError, call_maybe_async, mechanism_name, parse_status
+from smtptrio.server.hooks import (
+    HookTable,
+    ReplyError,
+    mechanism_name,
+    parse_status,
+)
 from smtptrio.server.options import Options, build_options
-from smtptrio.server.session import MISSING, AuthResult, Envelope, LoginPassword, Session, is_missing
+from smtptrio.server.session import (
+    MISSING,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    is_missing,
+)
 
 if TYPE_CHECKING:
     from smtptrio.protocol.connection import Connection
@@ -132,7 +144,8 @@ class SMTP:
         for name in ("ehlo_hook", "rset_hook"):
             if hasattr(cls, name):
                 warnings.warn(
-                    f"SMTP.{name}() is deprecated; implement handle_{name[:4].upper()} on the handler",
+                    f"SMTP.{name}() is deprecated; implement "
+                    f"handle_{name[:4].upper()} on the handler",
                     DeprecationWarning,
                     stacklevel=3,
                 )
@@ -172,7 +185,7 @@ class SMTP:
 
     # ------------------------------------------------------------------ configuration
 
-    def auth_methods(self) -> dict[str, Callable[..., Any]]:
+    def _auth_mechanisms(self) -> dict[str, Callable[..., Any]]:
         """Every AUTH mechanism on offer: ours, the subclass's, the handler's (handler wins)."""
         found: dict[str, Callable[..., Any]] = {}
         for attr in self._auth_attrs:
@@ -196,7 +209,7 @@ class SMTP:
             require_starttls=o.require_starttls,
             auth_required=o.auth_required,
             auth_require_tls=o.auth_require_tls,
-            auth_mechanisms=tuple(sorted(self.auth_methods())),
+            auth_mechanisms=tuple(sorted(self._auth_mechanisms())),
             command_size_limit=cls.command_size_limit or o.command_size_limit,
             line_length_limit=cls.line_length_limit or o.line_length_limit,
             local_part_limit=cls.local_part_limit or o.local_part_limit,
@@ -635,7 +648,7 @@ class SMTP:
             if not is_missing(status):
                 await self.push(status)
                 return
-        method = self.auth_methods().get(event.mechanism)
+        method = self._auth_mechanisms().get(event.mechanism)
         if method is None:
             self._send(replies.UNKNOWN_MECHANISM)
             return
@@ -656,7 +669,8 @@ class SMTP:
                 else:
                     self._send(replies.AUTH_SUCCESS)
             elif not result.handled:
-                self._send(self._to_reply(result.message) if result.message else replies.AUTH_FAILED)
+                message = result.message
+                self._send(self._to_reply(message) if message else replies.AUTH_FAILED)
             return
         if result is None:
             return

@@ -19,9 +19,9 @@ log = logging.getLogger("smtptrio.tls")
 
 
 async def handshake(
-    stream: trio.abc.Stream, context: ssl.SSLContext, timeout: float, session_id: str
+    stream: trio.abc.Stream, context: ssl.SSLContext, limit: float, session_id: str
 ) -> trio.SSLStream[trio.abc.Stream] | None:
-    """Wrap ``stream`` server-side and complete the handshake within ``timeout`` seconds.
+    """Wrap ``stream`` server-side and complete the handshake within ``limit`` seconds.
 
     Returns:
         The TLS stream, or None when the handshake failed or timed out (already logged; the
@@ -29,10 +29,10 @@ async def handshake(
     """
     tls = trio.SSLStream(stream, context, server_side=True)
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             await tls.do_handshake()
     except trio.TooSlowError:
-        log.warning("TLS handshake timed out", extra={"session_id": session_id, "timeout": timeout})
+        log.warning("TLS handshake timed out", extra={"session_id": session_id, "timeout": limit})
         await trio.aclose_forcefully(tls)
         return None
     except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
