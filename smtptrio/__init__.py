@@ -3,6 +3,8 @@
 Handlers written for aiosmtpd run unchanged; see the docs' "Migrating from aiosmtpd".
 """
 
+import logging as _logging
+
 from smtptrio.__about__ import __version__ as __version__
 from smtptrio.protocol.replies import Reply as Reply
 from smtptrio.server.hooks import auth_mechanism as auth_mechanism
@@ -36,6 +38,10 @@ __all__ = [
     "serve_listeners",
     "syntax",
 ]
+
+# A library logs but never decides where logs go: without this, Python's last-resort handler
+# would print our warnings (refused commands, timeouts) to stderr of every embedding program.
+_logging.getLogger("smtptrio").addHandler(_logging.NullHandler())
 
 
 def __getattr__(name: str) -> object:

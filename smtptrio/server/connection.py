@@ -134,6 +134,7 @@ class ConnectionIO:
             return None  # pragma: no cover - unreachable
         finally:
             self._touch()
+            self._scope.deadline = self._deadline
 
     async def read_event(self) -> Event | Sentinel:
         """The next event, receiving (and flushing replies first) as long as the engine needs."""
@@ -289,6 +290,7 @@ class ConnectionIO:
         self._scope.deadline = math.inf
         tls = await handshake(self.stream, ctx, self.options.tls_handshake_timeout, _sid(self.smtp))
         self._touch()
+        self._scope.deadline = self._deadline
         if tls is None:
             self.outcome = "TLS handshake failed"
         return tls
@@ -304,21 +306,24 @@ class ConnectionIO:
         return conn.phase is Phase.COMMAND and not conn.in_transaction
 
     async def _flush(self) -> None:
+        # The scope's deadline is the one set before the last read (or after the last hook):
+        # a client that does not read its replies runs into it like an idle one.
         data = self.conn.data_to_send()
         if data:
-            self._scope.deadline = self._deadline
             await self.stream.send_all(data)
-            self._scope.deadline = math.inf
 
     async def _receive(self) -> None:
         conn = self.conn
         self._waiting_idle = self._idle_now()
-        self._scope.deadline = self._deadline
+        # One deadline move per read; moving a trio deadline is not free, so it is not reset
+        # between reads (only hooks pause it, in run_hook).
+        scope = self._scope
+        if scope.deadline != self._deadline:
+            scope.deadline = self._deadline
         try:
             data = await self.stream.receive_some(_RECEIVE_SIZE)
         finally:
             self._waiting_idle = False
-            self._scope.deadline = math.inf
         if conn.in_data and data:
             self._data_progress(len(data), b"\n" in data)
         conn.receive_data(bytes(data))
