@@ -7,6 +7,7 @@ import logging as _logging
 
 from smtptrio.__about__ import __version__ as __version__
 from smtptrio.protocol.replies import Reply as Reply
+from smtptrio.server.hooks import HookTimeout as HookTimeout
 from smtptrio.server.hooks import auth_mechanism as auth_mechanism
 from smtptrio.server.options import OptionError as OptionError
 from smtptrio.server.options import Options as Options
@@ -26,6 +27,7 @@ __all__ = [
     "SMTP",
     "AuthResult",
     "Envelope",
+    "HookTimeout",
     "LoginPassword",
     "OptionError",
     "Options",

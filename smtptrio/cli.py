@@ -924,6 +924,16 @@ def _hash_command(args: list[str]) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``smtptrio serve`` argument parser (the docs' CLI reference is generated from it)."""
+    return _serve_parser()
+
+
+def build_hash_parser() -> argparse.ArgumentParser:
+    """The ``smtptrio hash-password`` argument parser."""
+    return _hash_parser()
+
+
 def main(argv: Sequence[str] | None = None) -> int | None:
     """The ``smtptrio`` console script (and ``python -m smtptrio``).
 

@@ -31,6 +31,7 @@ from smtptrio.protocol.events import (
     StartTLS,
 )
 from smtptrio.protocol.replies import Reply
+from smtptrio.server.hooks import HookTimeout
 from smtptrio.server.tls import handshake, ssl_info
 
 if TYPE_CHECKING:
@@ -53,10 +54,6 @@ class StopReason(Enum):
     TIMEOUT = "timeout"
     #: The server is shutting down.
     SHUTDOWN = "shutdown"
-
-
-class _HookTimeout(Exception):
-    """A hook ran longer than ``hook_timeout``."""
 
 
 class ConnectionIO:
@@ -130,7 +127,7 @@ class ConnectionIO:
                     result = await result
                 return result
             if hook_scope.cancelled_caught:
-                raise _HookTimeout(f"hook {getattr(func, '__name__', func)!r} exceeded {limit} s")
+                raise HookTimeout(f"hook {getattr(func, '__name__', func)!r} exceeded {limit} s")
             return None  # pragma: no cover - unreachable
         finally:
             self._touch()

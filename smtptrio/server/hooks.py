@@ -24,6 +24,7 @@ __all__ = [
     "COMMAND_HOOKS",
     "DataHook",
     "HookTable",
+    "HookTimeout",
     "ReplyError",
     "auth_mechanism",
     "mechanism_name",
@@ -40,6 +41,13 @@ class DataHook(Protocol):
     """The shape of the hook most handlers implement (documented for type checkers)."""
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str: ...
+
+
+class HookTimeout(TimeoutError):
+    """A hook ran longer than the ``hook_timeout`` option; the client got ``451 4.3.0``.
+
+    ``handle_exception`` receives it like any other error a hook raised.
+    """
 
 
 class ReplyError(Exception):
@@ -104,33 +112,42 @@ class _ClassShape:
 _SHAPES: weakref.WeakKeyDictionary[type[Any], _ClassShape] = weakref.WeakKeyDictionary()
 
 
-def _shape(cls: type[Any]) -> _ClassShape:
-    """Inspect a handler class once; later servers with the same class reuse the result."""
-    shape = _SHAPES.get(cls)
+def _shape(handler: Any) -> _ClassShape:
+    """Inspect a handler once. The result is cached per class unless the instance carries
+    hooks of its own (``self.handle_DATA = ...``), which aiosmtpd's ``dir(handler)`` sees too."""
+    cls = type(handler)
+    own = getattr(handler, "__dict__", None) or {}
+    if any(k.startswith(("handle_", "auth_", "process_message")) for k in own):
+        return _inspect(handler)
+    try:
+        shape = _SHAPES.get(cls)
+    except TypeError:  # a class that cannot be weakly referenced
+        return _inspect(handler)
     if shape is None:
-        shape = _SHAPES[cls] = _inspect_class(cls)
+        shape = _SHAPES[cls] = _inspect(handler)
     return shape
 
 
-def _inspect_class(cls: type[Any]) -> _ClassShape:
-    commands = frozenset(v for v in COMMAND_HOOKS if callable(getattr(cls, f"handle_{v}", None)))
+def _inspect(handler: Any) -> _ClassShape:
+    names = set(dir(handler))
+
+    def has(name: str) -> bool:
+        return name in names and callable(getattr(handler, name, None))
+
+    commands = frozenset(v for v in COMMAND_HOOKS if has(f"handle_{v}"))
     ehlo_style = None
     if "EHLO" in commands:
-        arity = _positional_arity(cls.handle_EHLO)
-        # On the class, methods still count `self`: 6 is (self, server, session, envelope,
-        # hostname, responses), the current form; 5 is the deprecated form without responses.
-        ehlo_style = "old" if arity == 5 else "new"
-    auth_attrs = tuple(
-        sorted(a for a in dir(cls) if a.startswith("auth_") and callable(getattr(cls, a, None)))
-    )
+        # Bound: (server, session, envelope, hostname, responses) is the current form; four
+        # arguments is the deprecated one without responses.
+        ehlo_style = "old" if _positional_arity(handler.handle_EHLO) == 4 else "new"
     return _ClassShape(
         commands=commands,
         ehlo_style=ehlo_style,
-        has_exception=callable(getattr(cls, "handle_exception", None)),
-        has_starttls=callable(getattr(cls, "handle_STARTTLS", None)),
-        has_proxy=callable(getattr(cls, "handle_PROXY", None)),
-        has_process_message=callable(getattr(cls, "process_message", None)),
-        auth_attrs=auth_attrs,
+        has_exception=has("handle_exception"),
+        has_starttls=has("handle_STARTTLS"),
+        has_proxy=has("handle_PROXY"),
+        has_process_message=has("process_message"),
+        auth_attrs=tuple(sorted(a for a in names if a.startswith("auth_") and has(a))),
     )
 
 
@@ -191,7 +208,7 @@ class HookTable:
     )
 
     def __init__(self, handler: Any) -> None:
-        shape = _shape(type(handler))
+        shape = _shape(handler)
         self.handler = handler
         self.commands: dict[str, Callable[..., Any]] = {
             verb: getattr(handler, f"handle_{verb}") for verb in shape.commands

@@ -59,7 +59,7 @@ class Options:
     ident: str = f"smtptrio {__version__}"
     #: Offer STARTTLS with this server-side context (RFC 3207).
     tls_context: ssl.SSLContext | None = None
-    #: Refuse (530) everything but EHLO/HELO/NOOP/RSET/QUIT/STARTTLS before TLS.
+    #: Refuse (530) everything but EHLO, NOOP, QUIT and STARTTLS before TLS (RFC 3207 section 4).
     require_starttls: bool = False
     #: Idle seconds before ``421 4.4.2`` and close (RFC 5321 section 4.5.3.2).
     timeout: float = 300.0
@@ -142,6 +142,11 @@ class Options:
                 raise TypeError(f"{name} must be callable, got {type(value).__name__}")
         if self.hostname is not None and (not isinstance(self.hostname, str) or not self.hostname):
             raise OptionError(f"hostname must be a non-empty string, got {self.hostname!r}")
+        if self.proxy_protocol_timeout is not None:
+            raise OptionError(
+                "proxy_protocol_timeout: the PROXY protocol is not supported yet; "
+                "run without it (the peer address is then the proxy's)"
+            )
         if self.asyncio_bridge:
             raise OptionError(
                 "asyncio_bridge=True is not available yet: write hooks with trio or anyio, "
