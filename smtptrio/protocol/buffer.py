@@ -1,9 +1,10 @@
 r"""Receive buffers: command lines ended by CRLF only, and message bodies ended by CRLF.CRLF.
 
 Both search with ``bytes.find`` over whole chunks and remember how far they already looked, so a
-byte is searched about once however the client splits its writes; neither loops per byte or
-keeps a list of lines. Only CRLF ends a line and only CRLF "." CRLF ends a body (RFC 5321
-section 2.3.8): a bare LF or CR never terminates anything, which closes SMTP smuggling.
+byte is searched about once however the client splits its writes; neither runs a Python loop
+per byte or per line, nor keeps a message as a list of lines. Only CRLF ends a line and only
+CRLF "." CRLF ends a body (RFC 5321 section 2.3.8): a bare LF or CR never terminates anything,
+which closes SMTP smuggling.
 
 >>> buf = LineBuffer()
 >>> buf.feed(b"NOOP\r\nQU")
@@ -19,7 +20,7 @@ import re
 from enum import Enum
 from typing import Final, final
 
-__all__ = ["BodyOutcome", "BodyReader", "LineBuffer", "TOO_LONG"]
+__all__ = ["TOO_LONG", "BodyOutcome", "BodyReader", "LineBuffer"]
 
 
 @final
@@ -99,7 +100,11 @@ class LineBuffer:
 
 
 class BodyOutcome(Enum):
-    """How a message body ended."""
+    """How a message body ended.
+
+    When a message breaks several limits the first member listed here wins, whatever the order
+    of the offending bytes, so the reply never depends on how the client's writes were split.
+    """
 
     #: Within every limit: the content is delivered.
     OK = "ok"
@@ -111,9 +116,12 @@ class BodyOutcome(Enum):
     BARE_NEWLINE = "bare-newline"
 
 
-_TERMINATOR = b"\r\n.\r\n"
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
+_TERMINATOR: Final = b"\r\n.\r\n"
+# The proper prefixes of the terminator, longest first: a body ending in one of them may be
+# about to end, so those octets are only judged once the next ones arrive.
+_TERMINATOR_PREFIXES: Final = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+_BARE: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_ANY_NEWLINE: Final = re.compile(rb"\r\n|\r|\n")
 
 
 @final
@@ -121,10 +129,14 @@ class BodyReader:
     r"""Collects one message body until CRLF.CRLF, enforcing the size and line limits.
 
     The body is kept as one ``bytearray`` with a virtual CRLF in front, so the terminator of an
-    empty message (``".\r\n"`` right after DATA) and a stuffed dot on the first line need no
-    special case. Once a limit is crossed the bytes are dropped as they arrive (only the tail a
-    terminator could straddle is kept), and the outcome is reported after the terminator, as
-    RFC 5321 section 4.2.5 implies.
+    empty message (``".\r\n"`` right after DATA) and a dot on the first line need no special
+    case. Octets are checked once each, in bulk, as soon as they are known to be message text:
+    a tail that could be the start of the terminator waits for the next chunk. Once a limit is
+    crossed the bytes are dropped as they arrive (only the tail a terminator could straddle is
+    kept), and the outcome is reported after the terminator, as RFC 5321 section 4.2.5 implies.
+
+    Dot-unstuffing follows RFC 5321 section 4.5.2: a line that starts with a period loses that
+    period (the line holding only a period is the terminator). Only CRLF starts a line.
 
     >>> r = BodyReader(size_limit=None, line_limit=1001, bare_newline="keep")
     >>> r.feed(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n")
@@ -134,29 +146,43 @@ class BodyReader:
     """
 
     __slots__ = (
+        "_bare",
         "_bare_newline",
         "_body",
+        "_counted",
         "_done",
+        "_keep",
+        "_line",
         "_line_limit",
-        "_line_start",
-        "_outcome",
-        "_scanned",
+        "_processed",
+        "_raw",
         "_size_limit",
-        "_bare_scanned",
+        "_stuffing",
+        "_too_big",
+        "_too_long",
     )
 
-    def __init__(self, *, size_limit: int | None, line_limit: int | None, bare_newline: str) -> None:
+    def __init__(
+        self, *, size_limit: int | None, line_limit: int | None, bare_newline: str
+    ) -> None:
         self._body = bytearray(b"\r\n")
         self._size_limit = size_limit
         self._line_limit = line_limit
         self._bare_newline = bare_newline
-        self._outcome = BodyOutcome.OK
         self._done = False
-        # Offsets into _body: where the terminator search resumes, where the current (not yet
-        # length-checked) line begins, and where the bare CR/LF check resumes.
-        self._scanned = 0
-        self._line_start = 2
-        self._bare_scanned = 2
+        # The content is kept until a limit is crossed.
+        self._keep = True
+        self._too_big = self._too_long = self._bare = False
+        # _body[:_processed] has been checked; the rest may be the start of the terminator, so
+        # the terminator search resumes at _processed too.
+        self._processed = 0
+        # Octets checked so far (the virtual CRLF does not count), and the stuffing dots among
+        # _body[:_counted]; they are only counted once the raw size nears the limit.
+        self._raw = -2
+        self._stuffing = 0
+        self._counted = 0
+        # Octets of the current, unfinished text line.
+        self._line = 0
 
     @property
     def done(self) -> bool:
@@ -164,75 +190,114 @@ class BodyReader:
 
     def feed(self, data: bytes) -> bytes:
         """Take body bytes; once the terminator is seen, return what followed it (else b"")."""
+        if self._done:
+            return data
         body = self._body
         body += data
-        end = body.find(_TERMINATOR, max(self._scanned - 4, 0))
-        if end < 0:
-            self._check(len(body))
-            self._scanned = len(body)
+        start = self._processed
+        end = body.find(_TERMINATOR, start)
+        if end >= 0:
+            self._check(start, end + 2)  # the CRLF before the final "." ends the last line
+            rest = bytes(body[end + 5 :])
+            del body[end + 2 :]
+            self._done = True
+            return rest
+        stop = len(body)
+        for prefix in _TERMINATOR_PREFIXES:
+            if body.endswith(prefix):
+                stop -= len(prefix)
+                break
+        if stop > start:
+            self._check(start, stop)
+            self._processed = stop
+        if not self._keep:
             self._shed()
-            return b""
-        rest = bytes(body[end + 5 :])
-        del body[end + 2 :]  # keep the CRLF that ends the last line
-        self._done = True
-        self._check(len(body))
-        return rest
+        return b""
 
-    def _check(self, upto: int) -> None:
-        """Apply the limits to ``_body[:upto]`` (only to what was not checked before)."""
-        if self._outcome is not BodyOutcome.OK:
+    def _check(self, start: int, stop: int) -> None:
+        """Apply the limits to ``_body[start:stop]``, octets known to be message text.
+
+        No CRLF straddles ``start`` or ``stop``: a checked stretch never ends in a CR that an
+        LF may follow (such a CR is a terminator prefix and waits).
+        """
+        if self._too_big:
             return
         body = self._body
-        if self._line_limit is not None:
-            last_lf = body.rfind(b"\n", self._line_start, upto)
-            if last_lf >= 0:
-                segment = body[self._line_start : last_lf + 1]
-                longest = max(map(len, segment.split(b"\n")))
-                # A piece of split() lacks its LF: the line is one octet longer than the piece.
-                if longest + 1 > self._line_limit:
-                    self._outcome = BodyOutcome.LINE_TOO_LONG
-                    return
-                self._line_start = last_lf + 1
-            # A partial line of N octets will be at least N + 1 long once its LF arrives.
-            if upto - self._line_start >= self._line_limit:
-                self._outcome = BodyOutcome.LINE_TOO_LONG
-                return
-        if self._bare_newline == "reject":
-            # Leave a final CR for next time: the LF that makes it a CRLF may still come.
-            stop = upto - 1 if not self._done and body.endswith(b"\r") else upto
-            if stop > self._bare_scanned and _BARE.search(body, self._bare_scanned - 1, stop):
-                self._outcome = BodyOutcome.BARE_NEWLINE
-                return
-            self._bare_scanned = max(stop, self._bare_scanned)
         limit = self._size_limit
-        if limit and len(body) - 2 > limit:
-            # Stuffing dots do not count (RFC 1870 counts the message as delivered).
-            if len(body) - 2 - body.count(b"\r\n..") > limit:
-                self._outcome = BodyOutcome.TOO_BIG
+        if limit:
+            self._raw += stop - start
+            if self._raw - self._stuffing > limit:
+                # RFC 1870 counts the message as delivered: stuffing dots are not counted.
+                self._count_stuffing(stop)
+                if self._raw - self._stuffing > limit:
+                    self._too_big = True
+                    self._keep = False
+                    return
+        line_limit = self._line_limit
+        if line_limit is not None and not self._too_long:
+            # Text lines end at CRLF (RFC 5321 section 2.3.8); the limit counts the CRLF.
+            first = body.find(b"\r\n", start, stop)
+            if first < 0:
+                self._line += stop - start
+                # A line of N octets so far is at least N + 2 long once its CRLF arrives.
+                if self._line + 2 > line_limit:
+                    self._flag_too_long()
+            elif self._line + first - start + 2 > line_limit:
+                self._flag_too_long()
+            else:
+                last = body.rfind(b"\r\n", first, stop)
+                if last - first > line_limit:
+                    # Each piece is a whole line without its CRLF.
+                    longest = max(map(len, body[first + 2 : last].split(b"\r\n")))
+                    if longest + 2 > line_limit:
+                        self._flag_too_long()
+                self._line = stop - last - 2
+                if self._line + 2 > line_limit:
+                    self._flag_too_long()
+        if (
+            self._bare_newline == "reject"
+            and not (self._too_long or self._bare)
+            and _BARE.search(body, start, stop) is not None
+        ):
+            # A CR at stop - 1 is judged here too: what follows it is either the first octet
+            # of a held terminator prefix (a CR) or, at the terminator, the LF of its CRLF.
+            self._bare = True
+            self._keep = False
+
+    def _count_stuffing(self, stop: int) -> None:
+        """Count the stuffing dots in ``_body[_counted:stop]`` (a CRLF may lie just before)."""
+        if stop > self._counted:
+            self._stuffing += self._body.count(b"\r\n.", max(self._counted - 2, 0), stop)
+            self._counted = stop
 
     def _shed(self) -> None:
-        """After a limit was crossed, drop all but the tail a terminator might straddle."""
-        if self._outcome is BodyOutcome.OK:
-            return
-        body = self._body
-        keep = 4
-        if len(body) > keep:
-            del body[: len(body) - keep]
-        self._scanned = 0
-        self._line_start = len(body)
-        self._bare_scanned = len(body)
+        """A limit was crossed: drop what was checked, but two octets (a CRLF may end there)."""
+        if self._size_limit and not self._too_big:
+            self._count_stuffing(self._processed)  # still needed for the size verdict
+        drop = self._processed - 2
+        if drop > 0:
+            del self._body[:drop]
+            self._processed -= drop
+            self._counted = max(self._counted - drop, 0)
+
+    def _flag_too_long(self) -> None:
+        self._too_long = True
+        self._keep = False
 
     def result(self) -> tuple[BodyOutcome, bytes]:
         """The outcome and, when OK, the content: dot-unstuffed, CRLF kept, terminator removed."""
         if not self._done:
             raise RuntimeError("the body has not ended yet")
-        if self._outcome is not BodyOutcome.OK:
-            self._body = bytearray()
-            return self._outcome, b""
         body = self._body
         self._body = bytearray()
-        if body.find(b"\r\n..") >= 0:
-            body = body.replace(b"\r\n..", b"\r\n.")
+        if self._too_big:
+            return BodyOutcome.TOO_BIG, b""
+        if self._too_long:
+            return BodyOutcome.LINE_TOO_LONG, b""
+        if self._bare:
+            return BodyOutcome.BARE_NEWLINE, b""
+        if body.find(b"\r\n.") >= 0:
+            body = body.replace(b"\r\n.", b"\r\n")
         del body[:2]
         if self._bare_newline == "normalize" and _BARE.search(body):
             return BodyOutcome.OK, _ANY_NEWLINE.sub(b"\r\n", body)

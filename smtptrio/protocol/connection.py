@@ -113,13 +113,13 @@ class Phase(Enum):
 
 
 _BAD_LINE_BYTES: Final = (b"\x00", b"\r", b"\n")
-_ALLOWED_BEFORE_STARTTLS: Final = frozenset({"EHLO", "HELO", "LHLO", "NOOP", "RSET", "QUIT", "STARTTLS"})
-_NO_ARG_VERBS: Final = frozenset({"QUIT", "RSET", "DATA", "STARTTLS"})
+# What require_starttls lets through before TLS (RFC 3207 section 4; aiosmtpd's set, plus LHLO
+# for LMTP, COMPAT D31).
+_ALLOWED_BEFORE_STARTTLS: Final = frozenset({"EHLO", "NOOP", "QUIT", "STARTTLS"})
+_ALLOWED_BEFORE_STARTTLS_LMTP: Final = _ALLOWED_BEFORE_STARTTLS | {"LHLO"}
+# DATA is not here: like aiosmtpd it checks the command order before its argument.
+_NO_ARG_VERBS: Final = frozenset({"QUIT", "RSET", "STARTTLS"})
 _AUTH_GATED: Final = frozenset({"HELP", "VRFY", "MAIL", "RCPT", "DATA"})
-_BUILTIN_VERBS: Final = frozenset(
-    {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP",
-     "STARTTLS", "AUTH"}
-)
 _WS: Final = " \t"
 _BODY_REPLIES: Final = {
     BodyOutcome.TOO_BIG: replies.MESSAGE_TOO_BIG,
@@ -199,15 +199,19 @@ class Connection:
             return
         if self._phase is Phase.CLOSED:
             return
-        if self._phase is Phase.BODY and self._body is not None:
-            rest = self._body.feed(data)
+        body = self._body
+        if self._phase is Phase.BODY and body is not None and not body.done:
+            rest = body.feed(data)
             if rest:
                 self._in.feed(rest)
         else:
             self._in.feed(data)
 
     def send(self, reply: Reply) -> None:
-        """Queue a reply; a 421 or 221 marks the session as closing (RFC 5321 section 3.8)."""
+        """Queue a reply; a 421 marks the session as closing (RFC 5321 section 3.8).
+
+        A 221 does not: QUIT closes the session when it is completed, whatever the reply.
+        """
         self._out.append(reply.render())
         if reply.code == 421:
             self._closing = True
@@ -423,7 +427,8 @@ class Connection:
         self._body = None
         outcome, content = body.result()
         if outcome is BodyOutcome.OK:
-            if self.config.decode_data and not self.config.enable_smtputf8 and not content.isascii():
+            cfg = self.config
+            if cfg.decode_data and not cfg.enable_smtputf8 and not content.isascii():
                 reply = replies.EIGHT_BIT_NOT_DECODABLE
             else:
                 event = EndOfData(content=content)
@@ -448,7 +453,8 @@ class Connection:
             limit = self.config.error_limit
             if limit is not None and self._errors >= limit:
                 reply = replies.TOO_MANY_ERRORS
-        self.send(self._finish(reply))
+        reply = self._finish(reply)
+        self.send(reply)
         return Refused(command=verb, reply=reply, detail=detail)
 
     def _finish(self, reply: Reply) -> Reply:
@@ -472,8 +478,10 @@ class Connection:
         if not line or line[:1] in (b" ", b"\t"):
             return self._refuse("", replies.BAD_SYNTAX, "empty line or leading white space")
         head, text = _split_verb(line)
-        if not head.isalpha() or not head.isascii():
-            return self._unknown(head.decode("ascii", "replace"))
+        if not head.isascii():
+            return self._refuse("", replies.BAD_SYNTAX, "non-ASCII verb")
+        if not head.isalpha():
+            return self._unknown(head.decode("ascii"))
         verb = head.decode("ascii").upper()
         if len(line) > self._verb_limit(verb):
             return self._refuse(verb, replies.LINE_TOO_LONG, f"{verb} line too long")
@@ -489,11 +497,13 @@ class Connection:
         arg = arg_text.strip(_WS) or None
         if self.tls_refused and verb != "QUIT":
             return self._refuse(verb, replies.TLS_REFUSED, "handle_STARTTLS refused")
+        cfg = self.config
         if (
-            self.config.require_starttls
-            and self.config.tls_available
+            cfg.require_starttls
+            and cfg.tls_available
             and not self.tls_active
-            and verb not in _ALLOWED_BEFORE_STARTTLS
+            and verb
+            not in (_ALLOWED_BEFORE_STARTTLS_LMTP if cfg.lmtp else _ALLOWED_BEFORE_STARTTLS)
         ):
             return self._refuse(verb, replies.STARTTLS_REQUIRED, "STARTTLS required")
         budgets = self.config.command_call_limit
@@ -654,6 +664,8 @@ class Connection:
             return self._refuse(verb, replies.BAD_SEQUENCE_MAIL_FIRST, "DATA before MAIL")
         if self.recipients == 0:
             return self._refuse(verb, replies.BAD_SEQUENCE_RCPT_FIRST, "DATA before RCPT")
+        if arg is not None:
+            return self._refuse(verb, replies.NO_ARGUMENTS_ALLOWED, "argument to DATA")
         return Data()
 
     def _rset(self, verb: str, arg: str | None) -> Event:
@@ -712,7 +724,10 @@ class Connection:
         limit = cfg.auth_failure_limit
         if limit is not None and self.auth_failures >= limit:
             return self._refuse(verb, replies.TOO_MANY_AUTH_FAILURES, "AUTH failure limit")
-        words = arg.split() if arg else []
+        # SP-separated (HTAB tolerated, COMPAT D14); str.split() would also split at the
+        # Unicode and ASCII-control "white space" that SMTPUTF8 lets through.
+        words = arg.replace("\t", " ").split(" ") if arg else []
+        words = [w for w in words if w]
         if not words or len(words) > 2:
             return self._refuse(verb, replies.AUTH_SYNTAX, "AUTH needs 1 or 2 words")
         mechanism = words[0].upper()

@@ -48,6 +48,11 @@ class Reply:
         for line in self.lines:
             if "\r" in line or "\n" in line:
                 raise ReplySyntaxError(f"reply line holds CR or LF: {line!r}")
+            if not line.isascii():
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ReplySyntaxError(f"reply line is not UTF-8 text: {line!r}") from None
 
     @property
     def is_positive(self) -> bool:
@@ -138,8 +143,10 @@ def complete_enhanced(code: int, verb: str) -> str | None:
     2xx is ``2.1.0`` for MAIL, ``2.1.5`` for RCPT and ``2.0.0`` otherwise; 4xx ``4.0.0``;
     5xx ``5.0.0``. HELO/EHLO/LHLO replies and 3xx replies stay bare (RFC 2034).
 
-    >>> complete_enhanced(250, "RCPT"), complete_enhanced(550, "RCPT"), complete_enhanced(354, "DATA")
-    ('2.1.5', '5.0.0', None)
+    >>> complete_enhanced(250, "RCPT"), complete_enhanced(550, "RCPT")
+    ('2.1.5', '5.0.0')
+    >>> complete_enhanced(354, "DATA"), complete_enhanced(250, "EHLO")
+    (None, None)
     """
     klass = code // 100
     if klass == 3 or verb in ("HELO", "EHLO", "LHLO"):
@@ -227,10 +234,14 @@ UNKNOWN_MECHANISM = _r(504, "5.5.4", "Unrecognized authentication mechanism")
 AUTH_REQUIRED = _r(530, "5.7.0", "Authentication required")
 STARTTLS_REQUIRED = _r(530, "5.7.0", "Must issue a STARTTLS command first")
 AUTH_FAILED = _r(535, "5.7.8", "Authentication credentials invalid")
-ENCRYPTION_REQUIRED = _r(538, "5.7.11", "Encryption required for requested authentication mechanism")
+ENCRYPTION_REQUIRED = _r(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
 BARE_NEWLINE_REJECTED = _r(550, "5.5.2", "Bare CR or LF in message text not allowed")
 MESSAGE_TOO_BIG = _r(552, "5.3.4", "Message size exceeds fixed maximum message size")
-SIZE_PARAMETER_TOO_BIG = _r(552, "5.3.4", "Declared message size exceeds fixed maximum message size")
+SIZE_PARAMETER_TOO_BIG = _r(
+    552, "5.3.4", "Declared message size exceeds fixed maximum message size"
+)
 BAD_SENDER_ADDRESS = _r(553, "5.1.7", "Malformed sender address")
 BAD_RECIPIENT_ADDRESS = _r(553, "5.1.3", "Malformed recipient address")
 UTF8_ADDRESS_NEEDS_SMTPUTF8 = _r(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter")
