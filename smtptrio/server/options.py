@@ -113,6 +113,15 @@ class Options:
     asyncio_bridge: bool = False
 
     def __post_init__(self) -> None:
+        for name in _BOOL_OPTIONS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+        if not isinstance(self.ident, str):
+            raise TypeError(f"ident must be a string, got {type(self.ident).__name__}")
+        exempt = self.connection_limit_exempt
+        if not isinstance(exempt, frozenset) or not all(isinstance(a, str) for a in exempt):
+            raise TypeError("connection_limit_exempt must be a set of IP address strings")
         _count("data_size_limit", self.data_size_limit, minimum=0)
         _positive("timeout", self.timeout, allow_none=False)
         _positive("tls_handshake_timeout", self.tls_handshake_timeout, allow_none=False)
@@ -140,8 +149,11 @@ class Options:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-        if self.hostname is not None and (not isinstance(self.hostname, str) or not self.hostname):
-            raise OptionError(f"hostname must be a non-empty string, got {self.hostname!r}")
+        if self.hostname is not None:
+            if not isinstance(self.hostname, str):
+                raise TypeError(f"hostname must be a string, got {type(self.hostname).__name__}")
+            if not self.hostname or not self.hostname.isprintable() or " " in self.hostname:
+                raise OptionError(f"hostname must be a non-empty name, got {self.hostname!r}")
         if self.proxy_protocol_timeout is not None:
             raise OptionError(
                 "proxy_protocol_timeout: the PROXY protocol is not supported yet; "
@@ -160,6 +172,7 @@ class Options:
 
 
 _NAMES = frozenset(f.name for f in fields(Options))
+_BOOL_OPTIONS = tuple(f.name for f in fields(Options) if f.type in ("bool", bool))
 
 
 def _call_limits(value: object) -> Mapping[str, int]:
@@ -212,6 +225,8 @@ def build_options(options: Mapping[str, object]) -> Options:
         kwargs.pop("auth_exclude_mechanism", None)
     exempt = kwargs.get("connection_limit_exempt")
     if exempt is not None:
+        if isinstance(exempt, str) or not isinstance(exempt, Iterable):
+            raise TypeError("connection_limit_exempt must be a set of IP address strings")
         kwargs["connection_limit_exempt"] = frozenset(exempt)
     if kwargs.get("data_size_limit") == 0:
         kwargs["data_size_limit"] = None

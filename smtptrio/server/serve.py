@@ -231,12 +231,15 @@ def _admit_or_refuse(server: RunningServer, ip: str | None) -> replies.Reply | N
 
 
 async def _accept_loop(
-    listener: trio.abc.Listener[Any], runtime: _Runtime, server: RunningServer
+    listener: trio.abc.Listener[Any],
+    runtime: _Runtime,
+    server: RunningServer,
+    scope: trio.CancelScope,
 ) -> None:
     """One listener: accept until shutdown, then wait for this listener's connections."""
+    # The scope exists before this task runs (see serve_listeners), so a shutdown() right
+    # after start() still stops this loop.
     async with trio.open_nursery() as connections:
-        scope = trio.CancelScope()
-        server._accept_scopes.append(scope)
         with scope:
             for _ in range(1 << 62):  # ends by cancellation at shutdown
                 try:
@@ -294,7 +297,9 @@ async def serve_listeners(
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_loop, listener, runtime, server)
+                scope = trio.CancelScope()
+                server._accept_scopes.append(scope)
+                nursery.start_soon(_accept_loop, listener, runtime, server, scope)
             log.info("listening", extra={"listeners": len(listeners)})
             task_status.started(server)
     finally:
@@ -320,8 +325,10 @@ async def serve(
         TypeError, ValueError: for bad options (before binding).
         OSError: when the address cannot be bound (in use, permission).
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an integer 0-65535, got {port!r}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an integer, got {type(port).__name__} {port!r}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port!r}")
     if ssl_context is not None:
         options["ssl_context"] = ssl_context
     opts = build_options(options)

@@ -238,8 +238,14 @@ class SMTP:
 
     async def push(self, status: str | bytes) -> None:
         """Send one reply (CRLF is added). Texts without an enhanced code get one (RFC 2034)."""
-        reply = self._to_reply(status)
-        self._send(reply)
+        if isinstance(status, str) and len(status) > 3 and status[3] == "-" and "\n" not in status:
+            # aiosmtpd handlers build multi-line replies by pushing "250-..." lines one by one:
+            # keep such a continuation line as it is (its final line comes in a later push).
+            line = self._to_reply(status[:3] + " " + status[4:])
+            assert self._conn is not None
+            self._conn.send_raw(line.render().replace(b" ", b"-", 1))
+            return
+        self._send_given(self._to_reply(status))
 
     def _to_reply(self, status: object) -> Reply:
         verb = self._event.verb if self._event is not None else ""
@@ -251,6 +257,13 @@ class SMTP:
         )
 
     def _send(self, reply: Reply) -> None:
+        """Send one of our own replies; without ENHANCEDSTATUSCODES its enhanced code goes."""
+        if reply.enhanced is not None and not self.options.enhanced_status_codes:
+            reply = Reply(reply.code, None, reply.lines)
+        self._send_given(reply)
+
+    def _send_given(self, reply: Reply) -> None:
+        """Send a reply a hook or user code wrote, exactly as written (COMPAT.md section 2.1)."""
         assert self._conn is not None
         self._last_code = reply.code
         self._conn.send(reply)
@@ -362,22 +375,29 @@ class SMTP:
         if isinstance(exc, ReplyError):
             log.error(
                 "hook returned an invalid reply",
-                extra={"session_id": self.session.id, "verb": event.verb, "problem": str(exc)},
+                extra={
+                    "session_id": self.session.id,
+                    "hook": f"handle_{event.verb}",
+                    "problem": str(exc),
+                },
             )
         else:
             log.error(
                 "hook failed",
                 exc_info=exc,
-                extra={"session_id": self.session.id, "verb": event.verb},
+                extra={"session_id": self.session.id, "hook": f"handle_{event.verb}"},
             )
         status = await self._hooks.on_exception(exc) if not isinstance(exc, ReplyError) else None
         reply = replies.AUTH_HANDLER_ERROR if in_auth else replies.HANDLER_ERROR
         if status is not None and not is_missing(status):
             try:
-                reply = self._to_reply(status)
+                self._send_given(self._to_reply(status))
+                return
             except ReplyError as bad:
-                log.error("handle_exception returned an invalid reply",
-                          extra={"session_id": self.session.id, "problem": str(bad)})
+                log.error(
+                    "handle_exception returned an invalid reply",
+                    extra={"session_id": self.session.id, "problem": str(bad)},
+                )
         self._send(reply)
 
     async def _run(self, event: Event) -> bool:
@@ -467,13 +487,16 @@ class SMTP:
         lines = [f"250-{self.hostname}"] + [f"250-{x}" for x in extensions[:-1]]
         lines.append(f"250 {extensions[-1]}")
         if style == "old":
+            # The deprecated form: our lines go out first, the hook may push more and returns
+            # the last line (aiosmtpd's order).
+            assert self._conn is not None
+            for line in lines[:-1]:
+                self._conn.send_raw(line.encode("utf-8") + b"\r\n")
             status = await self._call_hook("EHLO", hostname)
             if is_missing(status):
                 session.host_name = hostname
-                self._send(Reply(250, None, (self.hostname, *extensions)))
-                return
-            last = self._to_reply(status)
-            self._send(Reply(last.code, None, (self.hostname, *extensions[:-1], *last.lines)))
+                status = lines[-1]
+            await self.push(status)
             return
         result = await self._call_hook("EHLO", hostname, list(lines))
         if is_missing(result):
@@ -485,7 +508,7 @@ class SMTP:
             return
         if not isinstance(result, list | tuple) or not result:
             raise ReplyError("handle_EHLO must return a non-empty list of reply lines")
-        self._send(self._to_reply("\r\n".join(str(x) for x in result)))
+        self._send_given(self._to_reply("\r\n".join(str(x) for x in result)))
 
     @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: str | None) -> None:
@@ -665,12 +688,12 @@ class SMTP:
                 session.auth_data = result.auth_data
                 session._login_data = getattr(result.auth_data, "login", result.auth_data)
                 if result.message:
-                    self._send(self._to_reply(result.message))
+                    self._send_given(self._to_reply(result.message))
                 else:
                     self._send(replies.AUTH_SUCCESS)
             elif not result.handled:
                 message = result.message
-                self._send(self._to_reply(message) if message else replies.AUTH_FAILED)
+                self._send_given(self._to_reply(message) if message else replies.AUTH_FAILED)
             return
         if result is None:
             return
