@@ -116,7 +116,8 @@ class Options:
         for name in _BOOL_OPTIONS:
             value = getattr(self, name)
             if not isinstance(value, bool):
-                raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+                kind = type(value).__name__
+                raise TypeError(f"{name} must be True or False, got {kind} {value!r}")
         if not isinstance(self.ident, str):
             raise TypeError(f"ident must be a string, got {type(self.ident).__name__}")
         exempt = self.connection_limit_exempt
