@@ -183,6 +183,11 @@ class Connection:
         return self._phase
 
     @property
+    def error_count(self) -> int:
+        """How many error replies the engine sent itself in this session."""
+        return self._errors
+
+    @property
     def closing(self) -> bool:
         """A closing reply (221, 421) was queued: flush and close after this."""
         return self._closing

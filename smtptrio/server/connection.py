@@ -216,6 +216,7 @@ class ConnectionIO:
                     )
                 return
             if isinstance(event, Refused):
+                await self._error_pause()
                 reply = event.reply
                 level = logging.WARNING if reply.code >= 500 or reply.closes else logging.INFO
                 log.log(
@@ -291,6 +292,16 @@ class ConnectionIO:
         if tls is None:
             self.outcome = "TLS handshake failed"
         return tls
+
+    async def _error_pause(self) -> None:
+        """Slow down a client past the soft error limit (RFC 5321 section 7.8, Postfix style).
+
+        The pause does not count as activity: the idle deadline keeps running.
+        """
+        soft = self.options.soft_error_limit
+        if soft is not None and self.conn.error_count > soft and self.options.error_delay:
+            await self._flush()
+            await trio.sleep(self.options.error_delay)
 
     # ------------------------------------------------------------------ I/O
 

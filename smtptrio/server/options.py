@@ -97,6 +97,14 @@ class Options:
     auth_failure_limit: int | None = 3
     #: Error replies in one session before ``421 4.7.0`` (RFC 5321 section 7.8).
     error_limit: int | None = 50
+    #: After this many error replies in a session, each further one waits ``error_delay``
+    #: seconds (Postfix's smtpd_soft_error_limit and smtpd_error_sleep_time).
+    soft_error_limit: int | None = 20
+    error_delay: float = 0.5
+    #: New connections per IP address per ``connection_rate_window`` seconds; None: unlimited.
+    #: Addresses in ``connection_limit_exempt`` are not counted (Postfix's anvil rate limit).
+    connection_rate_limit: int | None = 120
+    connection_rate_window: float = 60.0
     #: Simultaneous connections; the next one gets ``421 4.7.0`` instead of the greeting.
     max_connections: int | None = 512
     #: Simultaneous connections from one IP address; None: unlimited.
@@ -135,6 +143,10 @@ class Options:
         _count("unrecognized_command_limit", self.unrecognized_command_limit)
         _count("auth_failure_limit", self.auth_failure_limit)
         _count("error_limit", self.error_limit)
+        _count("soft_error_limit", self.soft_error_limit, minimum=0)
+        _positive("error_delay", self.error_delay, allow_none=False, zero_is_none=True)
+        _count("connection_rate_limit", self.connection_rate_limit)
+        _positive("connection_rate_window", self.connection_rate_window, allow_none=False)
         _count("max_connections", self.max_connections)
         _count("max_connections_per_ip", self.max_connections_per_ip)
         _count("min_data_rate", self.min_data_rate, minimum=0)

@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import ssl
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +53,7 @@ class RunningServer:
         self.hostname = hostname
         self._connections: set[ConnectionIO] = set()
         self._per_ip: Counter[str] = Counter()
+        self._recent: dict[str, deque[float]] = {}
         self._accept_scopes: list[trio.CancelScope] = []
         self._shutting_down = False
         self._idle = trio.Event()
@@ -119,6 +120,25 @@ class RunningServer:
         ):
             return replies.TOO_MANY_CONNECTIONS_FROM_IP
         return None
+
+    def _rate_exceeded(self, ip: str | None) -> bool:
+        """Count a new connection from ``ip`` in its sliding window; True if over the limit."""
+        opts = self.options
+        limit = opts.connection_rate_limit
+        if ip is None or limit is None or ip in opts.connection_limit_exempt:
+            return False
+        now = trio.current_time()
+        horizon = now - opts.connection_rate_window
+        if len(self._recent) > 4096:  # forget quiet addresses, so the table stays small
+            for key in [k for k, q in self._recent.items() if not q or q[-1] < horizon]:
+                del self._recent[key]
+        times = self._recent.setdefault(ip, deque())
+        while times and times[0] < horizon:
+            times.popleft()
+        if len(times) >= limit:
+            return True
+        times.append(now)
+        return False
 
     def _register(self, io: ConnectionIO, ip: str | None) -> None:
         self._connections.add(io)
@@ -227,6 +247,8 @@ async def _handle(stream: trio.abc.Stream, runtime: _Runtime, server: RunningSer
 def _admit_or_refuse(server: RunningServer, ip: str | None) -> replies.Reply | None:
     if server.shutting_down:
         return replies.SERVICE_SHUTTING_DOWN
+    if server._rate_exceeded(ip):
+        return replies.CONNECTION_RATE_EXCEEDED
     return server._admit(ip)
 
 
