@@ -693,7 +693,10 @@ class SMTP:
                     self._send(replies.AUTH_SUCCESS)
             elif not result.handled:
                 message = result.message
-                self._send_given(self._to_reply(message) if message else replies.AUTH_FAILED)
+                if message:
+                    self._send_given(self._to_reply(message))
+                else:
+                    self._send(replies.AUTH_FAILED)
             return
         if result is None:
             return

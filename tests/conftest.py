@@ -1,0 +1,18 @@
+"""Shared by every tier: makes ``tests/helpers.py`` importable as ``helpers``.
+
+Test files in different tiers share basenames on purpose (``tests/<tier>/test_<module>.py``
+mirrors the module under test: ``tests/protocol/test_connection.py`` and
+``tests/server/test_connection.py``), and the test folders are not packages, so pyproject.toml
+collects in ``importlib`` mode. Helpers are imported by plain name, through the paths the
+conftest files add, which works in every mode.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
