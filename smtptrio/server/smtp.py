@@ -180,6 +180,7 @@ class SMTP:
         self._io: ConnectionIO | None = None
         self._event: Event | None = None
         self._last_code = 0
+        self._replies_sent = 0
         self._close_requested = False
         self.transport = _Transport(self)
 
@@ -266,6 +267,7 @@ class SMTP:
         """Send a reply a hook or user code wrote, exactly as written (COMPAT.md section 2.1)."""
         assert self._conn is not None
         self._last_code = reply.code
+        self._replies_sent += 1
         self._conn.send(reply)
 
     async def check_helo_needed(self, helo: str = "HELO") -> bool:
@@ -713,10 +715,14 @@ class SMTP:
         authenticator = self.options.authenticator
         if authenticator is not None:
             assert self._io is not None
+            before = self._replies_sent
             result = await self._io.run_hook(
                 authenticator, self, self.session, self.envelope, mechanism, pair
             )
             if isinstance(result, AuthResult):
+                if not result.success and result.handled and self._replies_sent == before:
+                    # "Handled" but nothing was said: the client would wait for ever.
+                    return AuthResult(success=False, handled=False, message=result.message)
                 return result
             return AuthResult(success=bool(result), handled=False, auth_data=pair)
         callback = self.options.auth_callback
