@@ -134,6 +134,8 @@ class Connection:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Computed once: it depends only on the configuration (it is read for every line).
+        self._buffer_limit = self._line_limit_for(config)
         self._in = LineBuffer()
         self._out: list[bytes] = []
         self._body: BodyReader | None = None
@@ -251,7 +253,7 @@ class Connection:
             raise LocalProtocolError(replies.HANDLER_ERROR, f"next_event() while {phase.value}")
         if phase is Phase.BODY:
             return self._next_body_event()
-        limit = AUTH_LINE_LIMIT if phase is Phase.AUTH_LINE else self._line_limit()
+        limit = AUTH_LINE_LIMIT if phase is Phase.AUTH_LINE else self._buffer_limit
         while True:
             line = self._in.take_line(limit)
             if line is None:
@@ -387,9 +389,9 @@ class Connection:
             self.tls_active or not self.config.auth_require_tls
         )
 
-    def _line_limit(self) -> int:
+    @staticmethod
+    def _line_limit_for(cfg: Config) -> int:
         """The longest line we buffer while reading commands (the MAIL/AUTH allowances)."""
-        cfg = self.config
         return max(
             cfg.command_size_limit + 36,
             AUTH_LINE_LIMIT if cfg.auth_mechanisms else 0,

@@ -83,6 +83,7 @@ class ConnectionIO:
         self._shutting_down = shutting_down
         self._scope = trio.CancelScope()
         self._timeout = options.timeout
+        self._slack = min(1.0, options.timeout * 0.01)
         self._deadline = math.inf
         self._data_rate = options.min_data_rate
         self._waiting_idle = False
@@ -314,7 +315,8 @@ class ConnectionIO:
         """
         soft = self.options.soft_error_limit
         if soft is not None and self.conn.error_count > soft and self.options.error_delay:
-            await self._flush()
+            # The error reply is queued already; it goes out after the pause, as Postfix's
+            # smtpd_error_sleep_time delays the reply itself.
             await trio.sleep(self.options.error_delay)
 
     # ------------------------------------------------------------------ I/O
@@ -360,8 +362,12 @@ class ConnectionIO:
         # One deadline move per read; moving a trio deadline is not free, so it is not reset
         # between reads (only hooks pause it, in run_hook).
         scope = self._scope
-        if scope.deadline != self._deadline:
-            scope.deadline = self._deadline
+        deadline = self._deadline
+        # Moving a trio deadline costs a heap operation: an earlier one is applied at once, a
+        # later one only once it moved by 1% of the timeout (at most a second), so the
+        # timeout fires at most that much early.
+        if deadline < scope.deadline or deadline - scope.deadline >= self._slack:
+            scope.deadline = deadline
         try:
             data = await self._read()
         finally:
