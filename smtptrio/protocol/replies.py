@@ -13,7 +13,7 @@ b'250-mail.example\r\n250-PIPELINING\r\n250 HELP\r\n'
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Reply",
@@ -39,6 +39,9 @@ class Reply:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
+    #: The wire form, computed once: replies are immutable and most are module constants
+    #: sent thousands of times, so rendering per send would be wasted work.
+    _wire: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -53,6 +56,7 @@ class Reply:
                     line.encode("utf-8")
                 except UnicodeEncodeError:
                     raise ReplySyntaxError(f"reply line is not UTF-8 text: {line!r}") from None
+        object.__setattr__(self, "_wire", self._render())
 
     @property
     def is_positive(self) -> bool:
@@ -69,7 +73,11 @@ class Reply:
         return self.render().decode("utf-8", "replace").rstrip("\r\n")
 
     def render(self) -> bytes:
-        """The bytes to send: one ``DDD-`` or ``DDD `` line per text line, each ended by CRLF."""
+        """The bytes to send: a ``DDD-`` line per text line but the last, which is ``DDD``
+        and a space; each ends with CRLF."""
+        return self._wire
+
+    def _render(self) -> bytes:
         code = str(self.code)
         last = len(self.lines) - 1
         parts = []
