@@ -886,6 +886,23 @@ def _supervise(config: _Config) -> int:
 # Commands
 
 
+def _raise_file_limit() -> None:
+    """Lift the soft open-files limit to the hard one: each connection holds a descriptor,
+    and the common soft default (1024) is below ``--max-connections`` 's reach."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        log.debug("could not raise the open-files limit")
+
+
 def _serve_command(args: list[str]) -> int:
     parser = _serve_parser()
     ns = parser.parse_args(args)
@@ -893,6 +910,7 @@ def _serve_command(args: list[str]) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # Debugging output shows up as it comes
     config = _configure(parser, ns)
+    _raise_file_limit()
     if config.workers > 1:
         return _supervise(config)
     return _run_trio(_run_single, config)
