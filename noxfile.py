@@ -54,6 +54,7 @@ def fuzz(session: nox.Session) -> None:
     """A long hypothesis run of the engine and connection properties (not in the default suite)."""
     session.install("-e", ".[test]")
     session.run(
-        "python", "-m", "pytest", "tests/protocol/test_properties.py", "-p", "no:cacheprovider",
+        "python", "-m", "pytest", "tests/protocol/test_properties.py",
+        "tests/server/test_stateful.py", "-p", "no:cacheprovider",
         "--hypothesis-profile=fuzz", *session.posargs,
     )

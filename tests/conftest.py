@@ -16,3 +16,5 @@ _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
+
+import hypothesis_profiles  # noqa: E402, F401  (registers --hypothesis-profile=fuzz)

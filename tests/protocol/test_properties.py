@@ -22,8 +22,14 @@ from hypothesis import strategies as st
 from smtptrio.protocol.config import Config
 from smtptrio.protocol.events import EndOfData
 
-# SMTPTRIO_EXAMPLES=20000 for a long local soak; the default keeps tier 1 fast.
-EXAMPLES = int(os.environ.get("SMTPTRIO_EXAMPLES", "250"))
+# SMTPTRIO_EXAMPLES=20000 (or --hypothesis-profile=fuzz, as `nox -s fuzz` runs) for a long
+# soak; the default keeps tier 1 fast.
+if os.environ.get("SMTPTRIO_EXAMPLES"):
+    EXAMPLES = int(os.environ["SMTPTRIO_EXAMPLES"])
+elif settings.get_current_profile_name() == "default":
+    EXAMPLES = 250
+else:  # a profile chosen on the command line decides
+    EXAMPLES = settings().max_examples
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
