@@ -6,6 +6,7 @@ Handlers written for aiosmtpd run unchanged; see the docs' "Migrating from aiosm
 import logging as _logging
 
 from smtptrio.__about__ import __version__ as __version__
+from smtptrio.protocol.proxy import ProxyData as ProxyData
 from smtptrio.protocol.replies import Reply as Reply
 from smtptrio.server.hooks import HookTimeout as HookTimeout
 from smtptrio.server.hooks import auth_mechanism as auth_mechanism
@@ -31,6 +32,7 @@ __all__ = [
     "LoginPassword",
     "OptionError",
     "Options",
+    "ProxyData",
     "Reply",
     "RunningServer",
     "Session",

@@ -17,6 +17,7 @@ import getpass
 import importlib
 import inspect
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -149,6 +150,21 @@ def _serve_parser() -> _Parser:
         help="simultaneous connections from one address (50; 0: unlimited)",
     )
     add("--max-recipients", metavar="N", type=int, help="recipients per message (1000)")
+    add(
+        "--proxy-protocol",
+        metavar="SECONDS",
+        type=float,
+        help="every connection starts with a HAProxy PROXY header (v1 or v2), read within "
+        "SECONDS; the session then sees the original client's address in session.proxy_data",
+    )
+    add(
+        "--proxy-from",
+        metavar="NETWORK",
+        action="append",
+        default=[],
+        help="with --proxy-protocol: accept PROXY headers only from this address or network "
+        "(repeatable; default: from anywhere)",
+    )
     add(
         "--auth-file",
         metavar="PATH",
@@ -363,6 +379,13 @@ def _configure(parser: _Parser, ns: argparse.Namespace) -> _Config:
         options["auth_require_tls"] = False
 
     handler = _load_handler(parser, ns.classpath, ns.classargs)
+    if ns.proxy_from and ns.proxy_protocol is None:
+        raise UsageError("--proxy-from needs --proxy-protocol")
+    if ns.proxy_protocol is not None:
+        options["proxy_protocol_timeout"] = ns.proxy_protocol
+        if not callable(getattr(handler, "handle_PROXY", None)):
+            _install_proxy_gate(handler, ns.proxy_from)
+        notes.append("PROXY protocol")
     if ns.auth_required and ns.auth_file is None and not _has_auth_mechanisms(handler):
         raise UsageError("--auth-required needs --auth-file, or nobody could send mail")
     return _Config(
@@ -376,6 +399,36 @@ def _configure(parser: _Parser, ns: argparse.Namespace) -> _Config:
         workers=ns.workers,
         notes=notes,
     )
+
+
+def _install_proxy_gate(handler: object, sources: Sequence[str]) -> None:
+    """Give a handler without ``handle_PROXY`` one that trusts the listed proxy addresses.
+
+    smtptrio closes every connection when PROXY is on and no hook accepts it (a PROXY header
+    from anyone would let them pick the address we log and limit by), so the CLI supplies the
+    common policy: accept headers from these networks, or from anywhere if none is given.
+    """
+    try:
+        networks = [ipaddress.ip_network(s, strict=False) for s in sources]
+    except ValueError as exc:
+        raise UsageError(f"--proxy-from: {exc}") from None
+
+    def handle_PROXY(server: Any, session: Any, envelope: Any, proxy_data: Any) -> bool:
+        if not networks:
+            return True
+        peer = session.peer
+        try:
+            address = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
+        except (TypeError, ValueError, IndexError):
+            return False
+        return any(address in network for network in networks)
+
+    try:
+        handler.handle_PROXY = handle_PROXY  # type: ignore[attr-defined]  # duck-typed hook
+    except AttributeError:
+        raise UsageError(
+            "--proxy-protocol: the handler has no handle_PROXY hook and none can be added"
+        ) from None
 
 
 def _has_auth_mechanisms(handler: object) -> bool:
@@ -469,6 +522,7 @@ _FLAGS = {
     "max_connections": "--max-connections",
     "max_connections_per_ip": "--max-connections-per-ip",
     "max_recipients": "--max-recipients",
+    "proxy_protocol_timeout": "--proxy-protocol",
 }
 
 

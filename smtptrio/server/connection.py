@@ -31,6 +31,7 @@ from smtptrio.protocol.events import (
     Sentinel,
     StartTLS,
 )
+from smtptrio.protocol.proxy import ProxyHeaderReader
 from smtptrio.protocol.replies import Reply
 from smtptrio.server.hooks import HookTimeout
 from smtptrio.server.session import is_missing
@@ -190,10 +191,13 @@ class ConnectionIO:
         self._touch()
         log.info("session started", extra={"session_id": session.id, "peer": self.peer})
         try:
-            with self._scope:
-                self.conn.send(Reply(220, None, (f"{smtp.hostname} {smtp.__ident__}",)))
-                await self._loop()
-            if self._scope.cancelled_caught:
+            ready = False
+            with self._scope:  # a forced shutdown also ends a PROXY read or TLS handshake
+                ready = await self._prelude()
+                if ready:
+                    self.conn.send(Reply(220, None, (f"{smtp.hostname} {smtp.__ident__}",)))
+                    await self._loop()
+            if self._scope.cancelled_caught and ready:
                 await self._stopped()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.outcome = f"disconnected ({type(exc).__name__})"
@@ -212,6 +216,75 @@ class ConnectionIO:
                     "outcome": self.outcome,
                 },
             )
+
+    async def _prelude(self) -> bool:
+        """What comes before the greeting: the PROXY header, then implicit TLS (RFC 8314).
+
+        Returns False when the connection must be closed without a reply.
+        """
+        if self.options.proxy_protocol_timeout is not None and not await self._read_proxy():
+            return False
+        ctx = self.options.ssl_context
+        if ctx is not None:
+            tls = await handshake(
+                self.stream, ctx, self.options.tls_handshake_timeout, _sid(self.smtp)
+            )
+            if tls is None:
+                self.outcome = "TLS handshake failed"
+                return False
+            self.stream = tls
+            assert self.smtp.session is not None
+            self.smtp.session.ssl = ssl_info(tls)
+        return True
+
+    async def _read_proxy(self) -> bool:
+        """Read the HAProxy PROXY header (v1 or v2) within ``proxy_protocol_timeout``.
+
+        A missing, invalid or late header, or ``handle_PROXY`` saying no, closes the connection
+        without a reply (as aiosmtpd does): a client that is not the proxy learns nothing.
+        """
+        smtp = self.smtp
+        session = smtp.session
+        assert session is not None and self.options.proxy_protocol_timeout is not None
+        reader = ProxyHeaderReader()
+        result = None
+        with trio.move_on_after(self.options.proxy_protocol_timeout):
+            for _ in range(1 << 20):  # each turn reads; the header is at most 64 KiB
+                data = await self._stream.receive_some(4096)
+                if not data:
+                    break
+                reader.feed(data)
+                result = reader.result()
+                if result is not None:
+                    break
+        if result is None or not result.valid:
+            reason = "timeout or EOF" if result is None else str(result.error)
+            log.warning(
+                "PROXY header missing or invalid",
+                extra={"session_id": session.id, "peer": self.peer, "error": reason},
+            )
+            self.outcome = "PROXY header missing or invalid"
+            return False
+        session.proxy_data = result
+        hook = smtp.event_handler_hooks.handle_proxy
+        ok: Any = False
+        if hook is not None:
+            try:
+                ok = await self.run_hook(hook, smtp, session, smtp.envelope, result)
+            except Exception:
+                log.exception("handle_PROXY failed", extra={"session_id": session.id})
+                ok = False
+        if not ok or is_missing(ok):
+            log.info("connection refused by handle_PROXY", extra={"session_id": session.id})
+            self.outcome = "refused by handle_PROXY"
+            return False
+        leftover = reader.leftover()
+        if leftover:
+            if self.options.ssl_context is not None:
+                self.stream = _Prefixed(self._stream, leftover)
+            else:
+                self.conn.receive_data(leftover)
+        return True
 
     async def _loop(self) -> None:
         conn = self.conn
@@ -439,6 +512,31 @@ class ConnectionIO:
                 pass
         if scope.cancelled_caught:
             await trio.aclose_forcefully(stream)
+
+
+class _Prefixed(trio.abc.Stream):
+    """A stream that first gives back bytes already read from it (after a PROXY header)."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self._inner = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            cut = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:cut], self._prefix[cut:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return bytes(await self._inner.receive_some(max_bytes))
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _plain_socket_fd(stream: trio.abc.Stream) -> int | None:

@@ -75,7 +75,8 @@ class Options:
     authenticator: Callable[..., Any] | None = None
     #: Per-verb call budgets; an int applies to every verb.
     command_call_limit: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    #: Seconds to wait for a PROXY protocol header; None: PROXY off.
+    #: Seconds to wait for the HAProxy PROXY header (v1 or v2) that must start every
+    #: connection; None: PROXY off. Needs a ``handle_PROXY`` hook to accept connections.
     proxy_protocol_timeout: float | None = None
     #: Implicit TLS (SMTPS, RFC 8314): every connection starts with a TLS handshake.
     ssl_context: ssl.SSLContext | None = None
@@ -167,11 +168,6 @@ class Options:
                 raise TypeError(f"hostname must be a string, got {type(self.hostname).__name__}")
             if not self.hostname or not self.hostname.isprintable() or " " in self.hostname:
                 raise OptionError(f"hostname must be a non-empty name, got {self.hostname!r}")
-        if self.proxy_protocol_timeout is not None:
-            raise OptionError(
-                "proxy_protocol_timeout: the PROXY protocol is not supported yet; "
-                "run without it (the peer address is then the proxy's)"
-            )
         if self.asyncio_bridge:
             raise OptionError(
                 "asyncio_bridge=True is not available yet: write hooks with trio or anyio, "
@@ -248,6 +244,13 @@ def build_options(options: Mapping[str, object]) -> Options:
             "auth_callback is deprecated; use authenticator", DeprecationWarning, stacklevel=3
         )
     opts = Options(**kwargs)
+    if opts.proxy_protocol_timeout is not None and opts.proxy_protocol_timeout < 3.0:
+        warnings.warn(
+            f"proxy_protocol_timeout={opts.proxy_protocol_timeout} is short: a slow proxy "
+            "link will see connections closed before their PROXY header arrives",
+            UserWarning,
+            stacklevel=3,
+        )
     if opts.auth_required and not opts.auth_require_tls:
         warnings.warn(
             "auth_required=True with auth_require_tls=False sends credentials in clear text",

@@ -13,6 +13,7 @@ import errno
 import logging
 import socket
 import ssl
+import warnings
 from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +26,6 @@ from smtptrio.server.connection import ConnectionIO
 from smtptrio.server.hooks import HookTable
 from smtptrio.server.options import Options, build_options
 from smtptrio.server.smtp import SMTP
-from smtptrio.server.tls import handshake
 
 __all__ = ["RunningServer", "serve", "serve_listeners"]
 
@@ -194,6 +194,17 @@ class _Runtime:
         self.hooks = HookTable.for_handler(handler)
         self.hostname = hostname
         template = smtp_class._for_connection(handler, options, self.hooks)
+        if options.proxy_protocol_timeout is not None and self.hooks.handle_proxy is None:
+            log.warning(
+                "proxy_protocol_timeout is set but the handler has no handle_PROXY hook: "
+                "every connection will be closed"
+            )
+            warnings.warn(
+                "proxy_protocol_timeout is set but the handler has no handle_PROXY hook: "
+                "every connection will be closed",
+                UserWarning,
+                stacklevel=4,
+            )
         self.config: Config = template.protocol_config()
 
     def new_smtp(self) -> SMTP:
@@ -228,13 +239,6 @@ async def _handle(stream: trio.abc.Stream, runtime: _Runtime, server: RunningSer
         )
         server._register(io, ip)
         try:
-            if runtime.options.ssl_context is not None:
-                tls = await handshake(
-                    stream, runtime.options.ssl_context, runtime.options.tls_handshake_timeout, "-"
-                )
-                if tls is None:
-                    return
-                io.stream = tls
             await io.run()
         finally:
             server._unregister(io, ip)

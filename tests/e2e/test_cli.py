@@ -603,3 +603,43 @@ def test_failed_switch_to_nobody_is_one_line(
         "smtptrio: error: cannot switch to user 'nobody' (Operation not permitted); "
         "use -n to keep running as root"
     ]
+
+
+def proxied_dialogue(port: int) -> bytes:
+    """Send a PROXY v1 header, then an SMTP session; everything the server said."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 25\r\nQUIT\r\n")
+        received = b""
+        for _ in range(100):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_proxy_protocol_flag_accepts_headers_and_serves_the_session() -> None:
+    with serving("--proxy-protocol", "5") as server:
+        said = proxied_dialogue(server.port)
+        assert said.startswith(b"220 ") and b"\r\n221 " in said
+        assert server.stop() == 0
+
+
+def test_proxy_from_refuses_headers_from_other_addresses() -> None:
+    with serving("--proxy-protocol", "5", "--proxy-from", "10.0.0.0/8") as server:
+        assert proxied_dialogue(server.port) == b""  # closed without a word
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--proxy-from", "10.0.0.0/8"], ["--proxy-from", "--proxy-protocol"]),
+        (["--proxy-protocol", "5", "--proxy-from", "not-a-net"], ["--proxy-from"]),
+        (["--proxy-protocol", "0"], ["proxy"]),
+    ],
+)
+def test_proxy_flag_mistakes_are_one_line_errors(args: list[str], words: list[str]) -> None:
+    result = run("-n", "-l", "127.0.0.1:0", *args)
+    assert result.returncode == 2
+    assert_one_error_line(result, *words)

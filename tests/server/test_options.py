@@ -204,11 +204,15 @@ def test_tls_context_that_requires_client_certificates_warns() -> None:
         build_options({"tls_context": ctx})
 
 
-@pytest.mark.parametrize("value", [1.0, 5.0, 30])
-def test_proxy_protocol_timeout_is_refused_while_proxy_is_unsupported(value: float) -> None:
-    """COMPAT 4 describes the PROXY option; until the protocol exists it is refused, not ignored."""
-    with _raises(ValueError, "proxy_protocol_timeout"):
-        build_options({"proxy_protocol_timeout": value})
+@pytest.mark.parametrize("value", [3.0, 5.0, 30])
+def test_proxy_protocol_timeout_is_accepted_when_positive(value: float) -> None:
+    assert build_options({"proxy_protocol_timeout": value}).proxy_protocol_timeout == value
+
+
+def test_short_proxy_protocol_timeout_warns() -> None:
+    """COMPAT 4: > 0 is required, below 3.0 warns (a slow proxy link would be cut off)."""
+    with pytest.warns(UserWarning, match="proxy_protocol_timeout"):
+        build_options({"proxy_protocol_timeout": 1.0})
 
 
 # ---------------------------------------------------------------------------- command_call_limit

@@ -1,0 +1,139 @@
+"""The PROXY protocol in front of a session: header first, handle_PROXY decides, then SMTP."""
+
+from __future__ import annotations
+
+import ssl
+import struct
+from ipaddress import IPv4Address
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trustme
+from helpers import Recorder, running_server, serving_tcp, tcp_client
+
+import smtptrio
+from smtptrio import ProxyData
+
+V1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 25\r\n"
+V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def v2_inet(src: str, dst: str, sport: int, dport: int) -> bytes:
+    addrs = IPv4Address(src).packed + IPv4Address(dst).packed + struct.pack("!HH", sport, dport)
+    return V2_SIG + bytes([0x21, 0x11]) + struct.pack("!H", len(addrs)) + addrs
+
+
+class ProxyRecorder(Recorder):
+    def __init__(self, accept: Any = True) -> None:
+        super().__init__()
+        self.accept = accept
+        self.proxy: list[ProxyData] = []
+
+    async def handle_PROXY(self, server: Any, session: Any, envelope: Any, proxy_data: Any) -> Any:
+        self.proxy.append(proxy_data)
+        return self.accept
+
+
+async def test_v1_header_then_a_whole_session_with_proxy_data_on_the_session() -> None:
+    handler = ProxyRecorder()
+    async with running_server(handler, proxy_protocol_timeout=5) as srv:
+        client = await srv.connect()
+        await client.send(V1 + b"EHLO client.example\r\n")  # SMTP pipelined behind the header
+        assert (await client.greeting()).code == 220
+        assert (await client.reply()).code == 250
+        await client.transaction("a@example.org", ["b@example.org"], b"Subject: x\r\n\r\nhi\r\n")
+    data = handler.proxy[0]
+    assert data.valid and data.version == 1
+    assert (str(data.src_addr), data.src_port) == ("203.0.113.7", 40000)
+    assert handler.sessions[0].proxy_data is data
+
+
+async def test_v2_header_is_accepted() -> None:
+    handler = ProxyRecorder()
+    async with running_server(handler, proxy_protocol_timeout=5) as srv:
+        client = await srv.connect()
+        await client.send(v2_inet("198.51.100.9", "192.0.2.1", 5555, 25))
+        assert (await client.greeting()).code == 220
+    assert handler.proxy[0].version == 2 and str(handler.proxy[0].src_addr) == "198.51.100.9"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"EHLO client.example\r\n",
+        b"PROXY TCP4 1.2.3.4\r\n",
+        b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\n",
+    ],
+)
+async def test_missing_or_invalid_header_closes_without_a_reply(header: bytes) -> None:
+    handler = ProxyRecorder()
+    async with running_server(handler, proxy_protocol_timeout=5) as srv:
+        client = await srv.connect()
+        await client.send(header)
+        assert await client.read_to_eof() == b""
+    assert handler.proxy == []
+
+
+async def test_late_header_is_timed_out_without_a_reply(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_server(ProxyRecorder(), proxy_protocol_timeout=5) as srv:
+        client = await srv.connect(timeout=60)
+        await client.send(b"PROXY TCP4 ")  # and never the rest
+        before = trio.current_time()
+        assert await client.read_to_eof(timeout=60) == b""
+        assert trio.current_time() - before >= 5
+
+
+@pytest.mark.parametrize("verdict", [False, None, smtptrio.MISSING])
+async def test_handle_proxy_saying_no_closes_without_a_reply(verdict: Any) -> None:
+    handler = ProxyRecorder(accept=verdict)
+    async with running_server(handler, proxy_protocol_timeout=5) as srv:
+        client = await srv.connect()
+        await client.send(V1)
+        assert await client.read_to_eof() == b""
+    assert len(handler.proxy) == 1
+
+
+async def test_without_handle_proxy_the_server_warns_and_closes_every_connection() -> None:
+    with pytest.warns(UserWarning, match="handle_PROXY"):
+        async with running_server(Recorder(), proxy_protocol_timeout=5) as srv:
+            client = await srv.connect()
+            await client.send(V1)
+            assert await client.read_to_eof() == b""
+
+
+async def test_proxy_then_implicit_tls_over_tcp() -> None:
+    """The header comes before the TLS ClientHello (HAProxy's send-proxy with SMTPS)."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    handler = ProxyRecorder()
+    async with serving_tcp(handler, proxy_protocol_timeout=5, ssl_context=server_ctx) as server:
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            await stream.send_all(V1)
+            tls = trio.SSLStream(stream, client_ctx, server_hostname="localhost")
+            await tls.do_handshake()
+            greeting = await tls.receive_some(4096)
+            assert greeting.startswith(b"220 ")
+            await tls.send_all(b"QUIT\r\n")
+            assert (await tls.receive_some(4096)).startswith(b"221 ")
+            await trio.aclose_forcefully(tls)
+    assert str(handler.proxy[0].src_addr) == "203.0.113.7"
+
+
+async def test_proxy_over_tcp_with_plain_smtp() -> None:
+    handler = ProxyRecorder()
+    async with serving_tcp(handler, proxy_protocol_timeout=5) as server:
+        client = await tcp_client(server.port)
+        await client.send(V1)
+        assert (await client.greeting()).code == 220
+        await client.ehlo()
+        await client.transaction("a@example.org", ["b@example.org"], b"Subject: x\r\n\r\nhi\r\n")
+        await client.quit()
+    assert handler.envelopes[0].mail_from == "a@example.org"
