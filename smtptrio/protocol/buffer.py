@@ -40,7 +40,7 @@ TOO_LONG: Final = _TooLong()
 class LineBuffer:
     """Bytes received and not yet consumed, handed out one CRLF-terminated line at a time."""
 
-    __slots__ = ("_data", "_discarding", "_scanned")
+    __slots__ = ("_data", "_discarding", "_scanned", "dropped_head")
 
     def __init__(self) -> None:
         self._data = bytearray()
@@ -48,6 +48,8 @@ class LineBuffer:
         self._scanned = 0
         # True while dropping the rest of a line that already went over the limit.
         self._discarding = False
+        #: The first octets of the last over-long line (so its verb can pick the reply).
+        self.dropped_head = b""
 
     def __len__(self) -> int:
         return len(self._data)
@@ -67,6 +69,8 @@ class LineBuffer:
         end = data.find(b"\r\n", start)
         if end < 0:
             if self._discarding or len(data) > limit + 1:
+                if not self._discarding:
+                    self.dropped_head = bytes(data[:16])
                 # Keep a trailing CR: it may be the first half of the CRLF we wait for.
                 keep = 1 if data.endswith(b"\r") else 0
                 del data[: len(data) - keep]
@@ -75,6 +79,8 @@ class LineBuffer:
             return None
         self._scanned = 0
         if self._discarding or end > limit:
+            if not self._discarding:
+                self.dropped_head = bytes(data[:16])
             del data[: end + 2]
             self._discarding = False
             return TOO_LONG
@@ -183,6 +189,11 @@ class BodyReader:
         self._counted = 0
         # Octets of the current, unfinished text line.
         self._line = 0
+
+    @property
+    def rejected(self) -> bool:
+        """A limit was crossed: the message will be refused and its octets are being dropped."""
+        return not self._keep
 
     @property
     def done(self) -> bool:

@@ -195,6 +195,11 @@ class Connection:
         return self._closing
 
     @property
+    def body_rejected(self) -> bool:
+        """The message being read already crossed a limit (it will get 552/500/550)."""
+        return self._body is not None and self._body.rejected
+
+    @property
     def in_data(self) -> bool:
         """Message text is being read (for the server's data-rate and idle rules)."""
         return self._phase is Phase.BODY
@@ -261,7 +266,11 @@ class Connection:
             if phase is Phase.AUTH_LINE:
                 return self._auth_line(line)
             if line is TOO_LONG:
-                event: Event | None = self._refuse("", replies.LINE_TOO_LONG, "line too long")
+                # RFC 4954 section 4: an over-long AUTH line gets 500 5.5.6.
+                is_auth = self._in.dropped_head[:5].upper() in (b"AUTH ", b"AUTH\t")
+                reply = replies.AUTH_LINE_TOO_LONG if is_auth else replies.LINE_TOO_LONG
+                verb = "AUTH" if is_auth else ""
+                event: Event | None = self._refuse(verb, reply, "line too long")
             else:
                 assert isinstance(line, bytes)
                 event = self._command(line)
@@ -481,9 +490,12 @@ class Connection:
         """Check one command line and dispatch it; None means nothing to hand out."""
         for bad in _BAD_LINE_BYTES:
             if bad in line:
-                return self._refuse("", replies.BAD_CHARACTERS, "NUL, CR or LF in command line")
-        if not line or line[:1] in (b" ", b"\t"):
-            return self._refuse("", replies.BAD_SYNTAX, "empty line or leading white space")
+                return self._unknown("", replies.BAD_CHARACTERS, "NUL, CR or LF in command line")
+        if not line:
+            return self._refuse("", replies.BAD_SYNTAX, "empty line")
+        if line[:1] in (b" ", b"\t"):
+            # aiosmtpd reads " NOOP" as an unknown empty verb; so does the unknown-verb limit.
+            return self._unknown("", replies.BAD_SYNTAX, "leading white space")
         head, text = _split_verb(line)
         if not head.isascii():
             return self._refuse("", replies.BAD_SYNTAX, "non-ASCII verb")
@@ -491,7 +503,8 @@ class Connection:
             return self._unknown(head.decode("ascii"))
         verb = head.decode("ascii").upper()
         if len(line) > self._verb_limit(verb):
-            return self._refuse(verb, replies.LINE_TOO_LONG, f"{verb} line too long")
+            reply = replies.AUTH_LINE_TOO_LONG if verb == "AUTH" else replies.LINE_TOO_LONG
+            return self._refuse(verb, reply, f"{verb} line too long")
         if text.isascii():
             arg_text = text.decode("ascii")
         elif not self.config.enable_smtputf8:
@@ -531,12 +544,18 @@ class Connection:
             return self._refuse(verb, replies.NO_ARGUMENTS_ALLOWED, f"argument to {verb}")
         return handler(verb, arg)
 
-    def _unknown(self, verb: str) -> Refused:
+    def _unknown(
+        self,
+        verb: str,
+        reply: Reply = replies.UNRECOGNIZED_COMMAND,
+        detail: str = "",
+    ) -> Refused:
+        """An unknown verb, or a line that holds no verb at all: both count toward the limit."""
         self._unknown_commands += 1
         limit = self.config.unrecognized_command_limit
         if limit is not None and self._unknown_commands >= limit:
             return self._refuse(verb, replies.TOO_MANY_UNRECOGNIZED, "unknown-command limit")
-        return self._refuse(verb, replies.UNRECOGNIZED_COMMAND, f"unknown verb {verb!r}")
+        return self._refuse(verb, reply, detail or f"unknown verb {verb!r}")
 
     def _gate_helo(self, verb: str) -> Refused | None:
         if self.greeted is None:
@@ -583,11 +602,8 @@ class Connection:
             return self._refuse(verb, replies.BAD_SEQUENCE_NESTED_MAIL, "nested MAIL")
         options: list[str] = []
         smtputf8 = False
-        seen: set[str] = set()
         for key, value in path.params:
-            if key in seen:
-                return self._refuse(verb, replies.PARAMETER_SYNTAX, f"{key} given twice")
-            seen.add(key)
+            # A parameter given twice is checked each time and kept twice, as aiosmtpd does.
             if key == "SIZE" and self._offered_size:
                 if value is None or not value.isdigit() or not value.isascii():
                     return self._refuse(verb, replies.BAD_SIZE_VALUE, "SIZE not numeric")

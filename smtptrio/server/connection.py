@@ -85,6 +85,8 @@ class ConnectionIO:
         self._scope = trio.CancelScope()
         self._timeout = options.timeout
         self._slack = min(1.0, options.timeout * 0.01)
+        # A stalled handshake is an idle client too: never wait longer than the idle timeout.
+        self._handshake_limit = min(options.tls_handshake_timeout, options.timeout)
         self._deadline = math.inf
         self._data_rate = options.min_data_rate
         self._waiting_idle = False
@@ -226,9 +228,7 @@ class ConnectionIO:
             return False
         ctx = self.options.ssl_context
         if ctx is not None:
-            tls = await handshake(
-                self.stream, ctx, self.options.tls_handshake_timeout, _sid(self.smtp)
-            )
+            tls = await handshake(self.stream, ctx, self._handshake_limit, _sid(self.smtp))
             if tls is None:
                 self.outcome = "TLS handshake failed"
                 return False
@@ -304,7 +304,7 @@ class ConnectionIO:
                     )
                 return
             if isinstance(event, Refused):
-                await self._error_pause()
+                await self._error_pause(event.reply)
                 reply = event.reply
                 level = logging.WARNING if reply.code >= 500 or reply.closes else logging.INFO
                 log.log(
@@ -374,22 +374,33 @@ class ConnectionIO:
 
     async def _handshake(self, ctx: ssl.SSLContext) -> trio.SSLStream[trio.abc.Stream] | None:
         self._scope.deadline = math.inf
-        tls = await handshake(self.stream, ctx, self.options.tls_handshake_timeout, _sid(self.smtp))
+        tls = await handshake(self.stream, ctx, self._handshake_limit, _sid(self.smtp))
         self._touch()
         self._scope.deadline = self._deadline
         if tls is None:
             self.outcome = "TLS handshake failed"
         return tls
 
-    async def _error_pause(self) -> None:
+    async def _error_pause(self, reply: Reply) -> None:
         """Slow down a client past the soft error limit (RFC 5321 section 7.8, Postfix style).
 
         The pause does not count as activity: the idle deadline keeps running.
         """
         soft = self.options.soft_error_limit
         if soft is not None and self.conn.error_count > soft and self.options.error_delay:
-            # The error reply is queued already; it goes out after the pause, as Postfix's
-            # smtpd_error_sleep_time delays the reply itself.
+            # The error reply is queued last; replies before it (a pipelined burst) go out
+            # now, the error after the pause, as Postfix's smtpd_error_sleep_time delays the
+            # reply itself without holding back the others (RFC 2920).
+            queued = self.conn.data_to_send()
+            error = reply.render()
+            if queued.endswith(error):
+                before = queued[: len(queued) - len(error)]
+                if before:
+                    self.conn.send_raw(before)
+                    await self._flush()
+                self.conn.send_raw(error)
+            else:  # pragma: no cover - the engine queues a refusal last
+                self.conn.send_raw(queued)
             await trio.sleep(self.options.error_delay)
 
     # ------------------------------------------------------------------ I/O
@@ -471,15 +482,22 @@ class ConnectionIO:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _data_progress(self, size: int, had_line_end: bool) -> None:
-        """Postfix's smtpd_min_data_rate: each read buys size/rate seconds, capped at timeout."""
+        """Move the deadline for message text that arrived (see the min_data_rate option).
+
+        Once the message crossed a limit it is refused anyway and its octets are dropped, so
+        nothing more extends the deadline: a client cannot keep a connection busy for ever by
+        streaming what will be thrown away.
+        """
+        if self.conn.body_rejected:
+            return
         now = trio.current_time()
         cap = now + self._timeout
         rate = self._data_rate
         if rate:
+            # Postfix: each read buys size/rate seconds, never beyond the timeout from now.
             self._deadline = min(cap, max(self._deadline, now) + size / rate)
-            if had_line_end and self._deadline < now + 1.0:
-                self._deadline = min(cap, now + 1.0)
         elif had_line_end:
+            # COMPAT D3: a complete line is activity; a partial one is not.
             self._deadline = cap
 
     async def _stopped(self) -> None:

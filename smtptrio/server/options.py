@@ -116,8 +116,12 @@ class Options:
     tls_handshake_timeout: float = 30.0
     #: Seconds one hook call may take before the client gets ``451 4.3.0``; None: unlimited.
     hook_timeout: float | None = 300.0
-    #: Minimum octets per second while reading message text (Postfix smtpd_min_data_rate).
-    min_data_rate: int | None = 500
+    #: None (default): during DATA every complete line restarts the idle timer and partial
+    #: lines never do (COMPAT D3). A number switches to Postfix's per-request model
+    #: (smtpd_per_request_deadline + smtpd_min_data_rate): the message text must arrive
+    #: within ``timeout``, each read of N octets adding N / min_data_rate seconds (capped at
+    #: ``timeout`` from now), so a client trickling whole lines is cut off too.
+    min_data_rate: int | None = None
     #: Handlers that call asyncio need a bridge; not implemented yet (COMPAT.md section 1.3).
     asyncio_bridge: bool = False
 
