@@ -72,6 +72,7 @@ class ConnectionIO:
         peer: Any,
         sockname: Any = None,
         shutting_down: Callable[[], bool] = lambda: False,
+        admit_source: Callable[[str | None], Reply | None] | None = None,
     ) -> None:
         self._stream = stream
         self._fd = _plain_socket_fd(stream)
@@ -82,6 +83,7 @@ class ConnectionIO:
         self.peer = peer
         self.sockname = sockname
         self._shutting_down = shutting_down
+        self._admit_source = admit_source
         self._scope = trio.CancelScope()
         self._timeout = options.timeout
         self._slack = min(1.0, options.timeout * 0.01)
@@ -278,6 +280,23 @@ class ConnectionIO:
             log.info("connection refused by handle_PROXY", extra={"session_id": session.id})
             self.outcome = "refused by handle_PROXY"
             return False
+        if self._admit_source is not None:
+            source = str(result.src_addr) if result.src_addr is not None else None
+            if isinstance(result.src_addr, bytes):
+                source = None  # a unix-socket source has no address to count
+            refusal = self._admit_source(source)
+            if refusal is not None:
+                log.warning(
+                    "connection refused by limit",
+                    extra={"session_id": session.id, "source": source, "reply": refusal.code},
+                )
+                self.outcome = "refused by limit"
+                with trio.move_on_after(5):
+                    try:
+                        await self._stream.send_all(refusal.render())
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+                return False
         leftover = reader.leftover()
         if leftover:
             if self.options.ssl_context is not None:

@@ -140,6 +140,20 @@ class RunningServer:
         times.append(now)
         return False
 
+    def _admit_address(self, ip: str) -> replies.Reply | None:
+        """The per-address rules alone (rate, then count), for a PROXY source."""
+        if self._rate_exceeded(ip):
+            return replies.CONNECTION_RATE_EXCEEDED
+        limit = self.options.max_connections_per_ip
+        exempt = ip in self.options.connection_limit_exempt
+        if limit is not None and not exempt and self._per_ip[ip] >= limit:
+            return replies.TOO_MANY_CONNECTIONS_FROM_IP
+        return None
+
+    def _recount(self, ip: str) -> None:
+        """Count a registered connection against ``ip`` from now on (its PROXY source)."""
+        self._per_ip[ip] += 1
+
     def _register(self, io: ConnectionIO, ip: str | None) -> None:
         self._connections.add(io)
         if ip is not None:
@@ -216,8 +230,12 @@ class _Runtime:
 async def _handle(stream: trio.abc.Stream, runtime: _Runtime, server: RunningServer) -> None:
     peer, sockname = _peer_of(stream)
     ip = _ip_of(peer)
+    # Behind the PROXY protocol the socket peer is the proxy: per-address limits apply to the
+    # source the PROXY header names, once it has been read (COMPAT.md section 4).
+    proxied = runtime.options.proxy_protocol_timeout is not None
+    counted: list[str | None] = [None if proxied else ip]
     try:
-        refusal = _admit_or_refuse(server, ip)
+        refusal = _admit_or_refuse(server, counted[0])
         if refusal is not None:
             log.warning("connection refused by limit", extra={"peer": peer, "reply": refusal.code})
             with trio.move_on_after(5):
@@ -228,6 +246,16 @@ async def _handle(stream: trio.abc.Stream, runtime: _Runtime, server: RunningSer
             await trio.aclose_forcefully(stream)
             return
         smtp = runtime.new_smtp()
+
+        def admit_source(source: str | None) -> replies.Reply | None:
+            if source is None:
+                return None
+            refusal = server._admit_address(source)
+            if refusal is None:
+                server._recount(source)
+                counted[0] = source
+            return refusal
+
         io = ConnectionIO(
             stream,
             smtp,
@@ -236,12 +264,13 @@ async def _handle(stream: trio.abc.Stream, runtime: _Runtime, server: RunningSer
             peer=peer,
             sockname=sockname,
             shutting_down=lambda: server.shutting_down,
+            admit_source=admit_source if proxied else None,
         )
-        server._register(io, ip)
+        server._register(io, counted[0])
         try:
             await io.run()
         finally:
-            server._unregister(io, ip)
+            server._unregister(io, counted[0])
     except Exception:
         # One broken connection never takes the server down (ARCHITECTURE.md section 3).
         log.exception("connection task failed", extra={"peer": peer})

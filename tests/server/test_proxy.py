@@ -137,3 +137,28 @@ async def test_proxy_over_tcp_with_plain_smtp() -> None:
         await client.transaction("a@example.org", ["b@example.org"], b"Subject: x\r\n\r\nhi\r\n")
         await client.quit()
     assert handler.envelopes[0].mail_from == "a@example.org"
+
+
+async def test_per_address_limit_counts_the_proxy_source_not_the_proxy() -> None:
+    """COMPAT 4: behind PROXY, max_connections_per_ip counts the header's source address."""
+    handler = ProxyRecorder()
+    options = {
+        "proxy_protocol_timeout": 5,
+        "max_connections_per_ip": 2,
+        "connection_limit_exempt": frozenset(),
+    }
+    async with serving_tcp(handler, **options) as server:
+        clients = []
+        for _ in range(2):
+            client = await tcp_client(server.port)
+            await client.send(V1)  # all from 203.0.113.7
+            assert (await client.greeting()).code == 220
+            clients.append(client)
+        third = await tcp_client(server.port)
+        await third.send(V1)
+        assert (await third.reply()).codes == (421, "4.7.0")
+        other = await tcp_client(server.port)  # another source through the same proxy
+        await other.send(b"PROXY TCP4 198.51.100.1 192.0.2.1 40000 25\r\n")
+        assert (await other.greeting()).code == 220
+        for client in [*clients, other]:
+            await client.quit()
