@@ -161,22 +161,6 @@ class Connection:
         self._offered_size = False
         self._offered_utf8 = False
         self._offered_8bit = False
-        self._handlers: dict[str, Callable[[str, str | None], Event | None]] = {
-            "HELO": self._helo,
-            "EHLO": self._ehlo,
-            "LHLO": self._ehlo,
-            "MAIL": self._mail,
-            "RCPT": self._rcpt,
-            "DATA": self._data,
-            "RSET": self._rset,
-            "NOOP": self._noop,
-            "QUIT": self._quit,
-            "VRFY": self._vrfy,
-            "EXPN": self._expn,
-            "HELP": self._help,
-            "STARTTLS": self._starttls,
-            "AUTH": self._auth,
-        }
 
     # ------------------------------------------------------------------ driver API
 
@@ -535,14 +519,14 @@ class Connection:
             self._calls[verb] = used + 1
         if verb in self.config.extension_verbs:
             return Extension(name=verb, arg=arg)
-        handler = self._handlers.get(verb)
+        handler = _VERB_METHODS.get(verb)
         if handler is None or (verb == "LHLO" and not self.config.lmtp):
             return self._unknown(verb)
         if self.config.lmtp and verb in ("HELO", "EHLO"):
             return self._refuse(verb, replies.LMTP_NEEDS_LHLO, "LMTP session")
         if verb in _NO_ARG_VERBS and arg is not None:
             return self._refuse(verb, replies.NO_ARGUMENTS_ALLOWED, f"argument to {verb}")
-        return handler(verb, arg)
+        return handler(self, verb, arg)
 
     def _unknown(
         self,
@@ -761,6 +745,25 @@ class Connection:
             initial_response=words[1] if len(words) == 2 else None,
             arg=arg or "",
         )
+
+
+#: One method per verb, looked up once here rather than bound anew for every session.
+_VERB_METHODS: Final[dict[str, Callable[[Connection, str, str | None], Event]]] = {
+    "HELO": Connection._helo,
+    "EHLO": Connection._ehlo,
+    "LHLO": Connection._ehlo,
+    "MAIL": Connection._mail,
+    "RCPT": Connection._rcpt,
+    "DATA": Connection._data,
+    "RSET": Connection._rset,
+    "NOOP": Connection._noop,
+    "QUIT": Connection._quit,
+    "VRFY": Connection._vrfy,
+    "EXPN": Connection._expn,
+    "HELP": Connection._help,
+    "STARTTLS": Connection._starttls,
+    "AUTH": Connection._auth,
+}
 
 
 def _split_verb(line: bytes) -> tuple[bytes, bytes]:

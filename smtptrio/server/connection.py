@@ -15,6 +15,7 @@ import os
 import ssl
 from collections.abc import Callable
 from enum import Enum
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -193,13 +194,14 @@ class ConnectionIO:
         smtp.session = session
         smtp.envelope = smtp._create_envelope()
         self._touch()
-        log.info("session started", extra={"session_id": session.id, "peer": self.peer})
+        if log.isEnabledFor(logging.INFO):
+            log.info("session started", extra={"session_id": session.id, "peer": self.peer})
         try:
             ready = False
             with self._scope:  # a forced shutdown also ends a PROXY read or TLS handshake
                 ready = await self._prelude()
                 if ready:
-                    self.conn.send(Reply(220, None, (f"{smtp.hostname} {smtp.__ident__}",)))
+                    self.conn.send(_greeting(smtp.hostname, smtp.__ident__))
                     await self._loop()
             if self._scope.cancelled_caught and ready:
                 await self._stopped()
@@ -208,18 +210,23 @@ class ConnectionIO:
             log.info("connection lost", extra={"session_id": session.id, "error": repr(exc)})
         finally:
             await self._close()
-            log.info(
-                "session ended",
-                extra={
-                    "session_id": session.id,
-                    "peer": self.peer,
-                    "tls": isinstance(self.stream, trio.SSLStream),
-                    "auth_user": _auth_user(smtp.session),
-                    "messages": self.messages,
-                    "bytes": self.bytes_in,
-                    "outcome": self.outcome,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):
+                self._log_end(session.id)
+
+    def _log_end(self, session_id: str) -> None:
+        """The one structured line per session (issue #8): who, how, how much, how it ended."""
+        log.info(
+            "session ended",
+            extra={
+                "session_id": session_id,
+                "peer": self.peer,
+                "tls": isinstance(self.stream, trio.SSLStream),
+                "auth_user": _auth_user(self.smtp.session),
+                "messages": self.messages,
+                "bytes": self.bytes_in,
+                "outcome": self.outcome,
+            },
+        )
 
     async def _prelude(self) -> bool:
         """What comes before the greeting: the PROXY header, then implicit TLS (RFC 8314).
@@ -574,6 +581,12 @@ class _Prefixed(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+@lru_cache(maxsize=64)
+def _greeting(hostname: str, ident: str) -> Reply:
+    """The 220 greeting, built once per name rather than once per connection."""
+    return Reply(220, None, (f"{hostname} {ident}",))
 
 
 def _plain_socket_fd(stream: trio.abc.Stream) -> int | None:

@@ -16,6 +16,7 @@ import base64
 import logging
 import warnings
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from smtptrio.protocol import replies
@@ -465,7 +466,7 @@ class SMTP:
         status = await self._call_hook("HELO", hostname)
         if is_missing(status):
             session.host_name = hostname
-            self._send(Reply(250, None, (self.hostname,)))
+            self._send(_hostname_reply(self.hostname, ()))
         else:
             await self.push(status)
 
@@ -484,7 +485,7 @@ class SMTP:
         style = self._hooks.ehlo_style
         if style is None:
             session.host_name = hostname
-            self._send(Reply(250, None, (self.hostname, *extensions)))
+            self._send(_hostname_reply(self.hostname, extensions))
             return
         lines = [f"250-{self.hostname}"] + [f"250-{x}" for x in extensions[:-1]]
         lines.append(f"250 {extensions[-1]}")
@@ -503,7 +504,7 @@ class SMTP:
         result = await self._call_hook("EHLO", hostname, list(lines))
         if is_missing(result):
             session.host_name = hostname
-            self._send(Reply(250, None, (self.hostname, *extensions)))
+            self._send(_hostname_reply(self.hostname, extensions))
             return
         if isinstance(result, str):
             await self.push(result)
@@ -776,6 +777,12 @@ class SMTP:
         self.envelope = self._create_envelope()
         assert self.session is not None
         return self.session
+
+
+@lru_cache(maxsize=64)
+def _hostname_reply(hostname: str, extensions: tuple[str, ...]) -> Reply:
+    """The default HELO/EHLO reply; the same few are sent on every connection, so cache them."""
+    return Reply(250, None, (hostname, *extensions))
 
 
 class _ExchangeAborted(Exception):
