@@ -431,3 +431,33 @@ async def tcp_client(port: int, *, timeout: float = DEFAULT_READ_TIMEOUT) -> SMT
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
     return SMTPClient(stream, timeout=timeout)
+
+
+class CountingHooks(Recorder):
+    """Counts every hook call (EHLO, NOOP, DATA), to show that refused connections reach none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        self.calls += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: Any
+    ) -> str:
+        self.calls += 1
+        return "250 2.0.0 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.calls += 1
+        return await super().handle_DATA(server, session, envelope)

@@ -16,10 +16,13 @@ import functools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 import trustme
 from helpers import SMTPClient
+
+from smtptrio import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -127,3 +130,12 @@ def implicit_tls_client(client: SMTPClient, ctx: ssl.SSLContext) -> SMTPClient:
     """Wrap a fresh connection for implicit TLS (RFC 8314); the handshake runs on first use."""
     tls = trio.SSLStream(client.stream, ctx, server_hostname="localhost")
     return SMTPClient(tls, client.server_stream, timeout=client.timeout)
+
+
+def accept_alice(
+    server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+) -> AuthResult:
+    """An authenticator that accepts USER/PASSWORD and nothing else."""
+    if auth_data == LoginPassword(USER, PASSWORD):
+        return AuthResult(success=True, auth_data=auth_data)
+    return AuthResult(success=False, handled=False)

@@ -14,14 +14,11 @@ import smtplib
 import socket
 import threading
 from collections import Counter, deque
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from helpers import Recorder, SMTPClient, serving_tcp, tcp_client
-
-from smtptrio import SMTP, Envelope, Session
+from helpers import CountingHooks, Recorder, SMTPClient, serving_tcp, tcp_client
 
 TIMEOUT = 30.0
 OTHER_IP = "127.0.0.2"
@@ -39,30 +36,6 @@ def other_ip_available() -> bool:
 needs_other_ip = pytest.mark.skipif(
     not other_ip_available(), reason=f"cannot bind a client socket to {OTHER_IP}"
 )
-
-
-class CountingHooks(Recorder):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        self.calls += 1
-        session.host_name = hostname
-        return responses
-
-    async def handle_NOOP(
-        self, server: SMTP, session: Session, envelope: Envelope, arg: Any
-    ) -> str:
-        self.calls += 1
-        return "250 2.0.0 OK"
 
 
 async def client_from(port: int, local_ip: str) -> SMTPClient:

@@ -21,12 +21,12 @@ from helpers import Recorder, parse_reply, serving_tcp
 from tls_helpers import (
     PASSWORD,
     USER,
+    accept_alice,
     plain_blob,
     tls_material,
-    untrusted_context,
 )
 
-from smtptrio import SMTP, AuthResult, Envelope, LoginPassword, Session
+from smtptrio import SMTP, Envelope, LoginPassword, Session
 
 TIMEOUT = 15
 MESSAGE = (
@@ -36,29 +36,6 @@ OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
 # Function-scoped fixtures (STYLE.md section 5); only the key material behind them is cached.
-
-
-@pytest.fixture
-def server_ctx() -> ssl.SSLContext:
-    return tls_material().server_context()
-
-
-@pytest.fixture
-def client_ctx() -> ssl.SSLContext:
-    return tls_material().client_context()
-
-
-@pytest.fixture
-def untrusted_client_ctx() -> ssl.SSLContext:
-    return untrusted_context()
-
-
-def accept_alice(
-    server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-) -> AuthResult:
-    if auth_data == LoginPassword(USER, PASSWORD):
-        return AuthResult(success=True, auth_data=auth_data)
-    return AuthResult(success=False, handled=False)
 
 
 async def _in_thread(func: Any, *args: Any) -> Any:

@@ -20,6 +20,7 @@ import trio
 import trio.testing
 import trustme
 from helpers import (
+    CountingHooks,
     Recorder,
     SMTPClient,
     dot_stuff,
@@ -254,36 +255,6 @@ async def test_implicit_tls_client_that_never_handshakes_is_closed_at_the_deadli
 
 
 # ============================================================================ floods
-
-
-class CountingHooks(Recorder):
-    """Counts every hook call, so a refused connection can be shown to reach none."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        self.calls += 1
-        session.host_name = hostname
-        return responses
-
-    async def handle_NOOP(
-        self, server: SMTP, session: Session, envelope: Envelope, arg: Any
-    ) -> str:
-        self.calls += 1
-        return "250 2.0.0 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.calls += 1
-        return await super().handle_DATA(server, session, envelope)
 
 
 async def test_global_connection_limit_refuses_with_421_4_7_0_and_serves_the_others(

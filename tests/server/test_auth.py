@@ -23,7 +23,6 @@ from tls_helpers import (
     b64,
     plain_blob,
     starttls,
-    tls_material,
 )
 
 import smtptrio
@@ -34,16 +33,6 @@ GOOD = LoginPassword(USER, PASSWORD)
 
 
 # Function-scoped fixtures (STYLE.md section 5); only the key material behind them is cached.
-
-
-@pytest.fixture
-def server_ctx() -> ssl.SSLContext:
-    return tls_material().server_context()
-
-
-@pytest.fixture
-def client_ctx() -> ssl.SSLContext:
-    return tls_material().client_context()
 
 
 class Authenticator:

@@ -12,38 +12,20 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from helpers import MemoryListener, Recorder, RecordingStream, SMTPClient, dot_stuff, running_server
+from helpers import (
+    CountingHooks,
+    MemoryListener,
+    Recorder,
+    RecordingStream,
+    SMTPClient,
+    dot_stuff,
+    running_server,
+)
 
 import smtptrio
 from smtptrio import SMTP, Envelope, Session
 
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
-
-
-class CountingHooks(Recorder):
-    """Counts every hook call, to show that refused connections reach no hook."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        self.calls += 1
-        session.host_name = hostname
-        return responses
-
-    async def handle_NOOP(
-        self, server: SMTP, session: Session, envelope: Envelope, arg: Any
-    ) -> str:
-        self.calls += 1
-        return "250 2.0.0 OK"
 
 
 # ---------------------------------------------------------------------------- RunningServer

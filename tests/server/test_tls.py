@@ -18,44 +18,20 @@ from helpers import MemoryServer, Recorder, SMTPClient, running_server
 from tls_helpers import (
     PASSWORD,
     USER,
+    accept_alice,
     implicit_tls_client,
     plain_blob,
     starttls,
-    tls_material,
-    untrusted_context,
     upgrade,
 )
 
-from smtptrio import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from smtptrio import MISSING, SMTP, Envelope, LoginPassword, Session
 
 BODY = b"Subject: tls\r\n\r\nover TLS\r\n"
 SSL_KEYS = {"sslcontext", "peercert", "cipher", "compression", "ssl_object"}
 
 
 # Function-scoped fixtures (STYLE.md section 5); only the key material behind them is cached.
-
-
-@pytest.fixture
-def server_ctx() -> ssl.SSLContext:
-    return tls_material().server_context()
-
-
-@pytest.fixture
-def client_ctx() -> ssl.SSLContext:
-    return tls_material().client_context()
-
-
-@pytest.fixture
-def untrusted_client_ctx() -> ssl.SSLContext:
-    return untrusted_context()
-
-
-def accept_alice(
-    server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-) -> AuthResult:
-    if auth_data == LoginPassword(USER, PASSWORD):
-        return AuthResult(success=True, auth_data=auth_data)
-    return AuthResult(success=False, handled=False)
 
 
 class Watcher(Recorder):
