@@ -127,6 +127,13 @@ _TERMINATOR: Final = b"\r\n.\r\n"
 # about to end, so those octets are only judged once the next ones arrive.
 _TERMINATOR_PREFIXES: Final = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
 _BARE: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+# Where a line starts with a period: stuffing (RFC 5321 section 4.5.2), or the terminator. The
+# regex engine scans for the CR with memchr, which is about twice as fast as bytes.find with
+# a three-octet needle, and most chunks hold none at all.
+_LINE_DOT: Final = re.compile(rb"\r\n\.")
+# Parts smaller than this are gathered into one bytearray, so a client that sends a byte at a
+# time costs a few octets per octet kept, not a Python object per octet.
+_SMALL_PART: Final = 16384
 _ANY_NEWLINE: Final = re.compile(rb"\r\n|\r|\n")
 
 
@@ -134,12 +141,15 @@ _ANY_NEWLINE: Final = re.compile(rb"\r\n|\r|\n")
 class BodyReader:
     r"""Collects one message body until CRLF.CRLF, enforcing the size and line limits.
 
-    The body is kept as one ``bytearray`` with a virtual CRLF in front, so the terminator of an
-    empty message (``".\r\n"`` right after DATA) and a dot on the first line need no special
-    case. Octets are checked once each, in bulk, as soon as they are known to be message text:
-    a tail that could be the start of the terminator waits for the next chunk. Once a limit is
-    crossed the bytes are dropped as they arrive (only the tail a terminator could straddle is
-    kept), and the outcome is reported after the terminator, as RFC 5321 section 4.2.5 implies.
+    The body is read as a virtual CRLF followed by what the client sends, so the terminator
+    of an empty message (``".\r\n"`` right after DATA) and a dot on the first line need no
+    special case. Each chunk is judged once, in bulk, as soon as its octets are known to be
+    message text: a tail that could be the start of the terminator (or of a CRLF) waits for the
+    next chunk. One regex search per chunk finds any line that starts with a period; a chunk
+    without one is kept as it is (no copy), a chunk with one is unstuffed with a single
+    ``bytes.replace``. The kept chunks are joined once, when the message ends. Once a limit is
+    crossed the chunks are dropped as they arrive, and the outcome is reported after the
+    terminator, as RFC 5321 section 4.2.5 implies.
 
     Dot-unstuffing follows RFC 5321 section 4.5.2: a line that starts with a period loses that
     period (the line holding only a period is the terminator). Only CRLF starts a line.
@@ -154,16 +164,16 @@ class BodyReader:
     __slots__ = (
         "_bare",
         "_bare_newline",
-        "_body",
-        "_counted",
+        "_chunks",
         "_done",
+        "_first",
+        "_held",
         "_keep",
         "_line",
         "_line_limit",
-        "_processed",
-        "_raw",
+        "_size",
         "_size_limit",
-        "_stuffing",
+        "_small",
         "_too_big",
         "_too_long",
     )
@@ -171,7 +181,6 @@ class BodyReader:
     def __init__(
         self, *, size_limit: int | None, line_limit: int | None, bare_newline: str
     ) -> None:
-        self._body = bytearray(b"\r\n")
         self._size_limit = size_limit
         self._line_limit = line_limit
         self._bare_newline = bare_newline
@@ -179,15 +188,16 @@ class BodyReader:
         # The content is kept until a limit is crossed.
         self._keep = True
         self._too_big = self._too_long = self._bare = False
-        # _body[:_processed] has been checked; the rest may be the start of the terminator, so
-        # the terminator search resumes at _processed too.
-        self._processed = 0
-        # Octets checked so far (the virtual CRLF does not count), and the stuffing dots among
-        # _body[:_counted]; they are only counted once the raw size nears the limit.
-        self._raw = -2
-        self._stuffing = 0
-        self._counted = 0
-        # Octets of the current, unfinished text line.
+        # Unstuffed content: whole chunks, and small parts gathered in one bytearray.
+        self._chunks: list[bytes] = []
+        self._small = bytearray()
+        # Received but not judged yet: a tail that may begin the terminator. It starts as the
+        # virtual CRLF, which the first judged part still carries (and drops).
+        self._held = b"\r\n"
+        self._first = True
+        # Unstuffed octets judged so far (the virtual CRLF not counted), and the octets of the
+        # current, unfinished text line.
+        self._size = 0
         self._line = 0
 
     @property
@@ -201,64 +211,92 @@ class BodyReader:
 
     def feed(self, data: bytes) -> bytes:
         """Take body bytes; once the terminator is seen, return what followed it (else b"")."""
-        if self._done:
+        if self._done or not data:
             return data
-        body = self._body
-        body += data
-        start = self._processed
-        end = body.find(_TERMINATOR, start)
+        held = self._held
+        if held:
+            data = held + data
+            self._held = b""
+        size = len(data)
+        found = _LINE_DOT.search(data)
+        if found is None:
+            # No line starts with a period: no stuffing, and no terminator unless it is still
+            # arriving, in which case the chunk ends in CR or CRLF.
+            last = data[-1]
+            if last == 0x0D:
+                stop = size - 1
+            elif last == 0x0A and data[-2:] == b"\r\n":
+                stop = size - 2
+            else:
+                stop = size
+            self._judge(data, stop, stuffed=False)
+            if stop < size:
+                self._held = data[stop:]
+            return b""
+        end = data.find(_TERMINATOR, found.start())
         if end >= 0:
-            self._check(start, end + 2)  # the CRLF before the final "." ends the last line
-            rest = bytes(body[end + 5 :])
-            del body[end + 2 :]
+            self._judge(data, end + 2, stuffed=True)  # the CRLF before "." ends the last line
             self._done = True
-            return rest
-        stop = len(body)
+            return data[end + 5 :]
+        stop = size
         for prefix in _TERMINATOR_PREFIXES:
-            if body.endswith(prefix):
+            if data.endswith(prefix):
                 stop -= len(prefix)
                 break
-        if stop > start:
-            self._check(start, stop)
-            self._processed = stop
-        if not self._keep:
-            self._shed()
+        self._judge(data, stop, stuffed=found.start() < stop)
+        if stop < size:
+            self._held = data[stop:]
         return b""
 
-    def _check(self, start: int, stop: int) -> None:
-        """Apply the limits to ``_body[start:stop]``, octets known to be message text.
+    def _judge(self, data: bytes, stop: int, *, stuffed: bool) -> None:
+        """Apply the limits to ``data[:stop]``, octets known to be message text, and keep them.
 
-        No CRLF straddles ``start`` or ``stop``: a checked stretch never ends in a CR that an
-        LF may follow (such a CR is a terminator prefix and waits).
+        ``stop`` never falls inside a CRLF: a stretch that ends in CR waits (held). The first
+        stretch starts with the virtual CRLF; ``stop`` is then 0 or at least 2.
         """
-        if self._too_big:
-            return
-        body = self._body
-        limit = self._size_limit
-        if limit:
-            self._raw += stop - start
-            if self._raw - self._stuffing > limit:
-                # RFC 1870 counts the message as delivered: stuffing dots are not counted.
-                self._count_stuffing(stop)
-                if self._raw - self._stuffing > limit:
-                    self._too_big = True
-                    self._keep = False
-                    return
+        if stop <= 0 or self._too_big:
+            return  # over the size limit: nothing else can change the outcome
+        first = self._first
+        self._first = False
         line_limit = self._line_limit
         if line_limit is not None and not self._too_long:
-            self._check_lines(start, stop, line_limit)
+            self._check_lines(data, stop, line_limit)
         if (
             self._bare_newline == "reject"
             and not (self._too_long or self._bare)
-            and _BARE.search(body, start, stop) is not None
+            and _BARE.search(data, 0, stop) is not None
         ):
-            # A CR at stop - 1 is judged here too: what follows it is either the first octet
-            # of a held terminator prefix (a CR) or, at the terminator, the LF of its CRLF.
             self._bare = True
             self._keep = False
+        part = data if stop == len(data) else data[:stop]
+        if stuffed:
+            part = part.replace(b"\r\n.", b"\r\n")
+        if first:
+            part = part[2:]
+        self._size += len(part)
+        limit = self._size_limit
+        if limit and self._size > limit:
+            # RFC 1870 counts the message as delivered: stuffing dots are not counted.
+            self._too_big = True
+            self._keep = False
+        if not self._keep:
+            self._chunks.clear()
+            self._small.clear()
+            return
+        if len(part) < _SMALL_PART:
+            small = self._small
+            small += part
+            if len(small) >= _SMALL_PART:
+                self._chunks.append(bytes(small))
+                small.clear()
+            return
+        if self._small:
+            self._chunks.append(bytes(self._small))
+            self._small.clear()
+        self._chunks.append(part)
 
-    def _check_lines(self, start: int, stop: int, limit: int) -> None:
-        """Flag a text line longer than ``limit`` octets (CRLF included) in ``_body[:stop]``.
+    def _check_lines(self, data: bytes, stop: int, limit: int) -> None:
+        """Flag a text line longer than ``limit`` octets (CRLF included) in ``data[:stop]``.
 
         Text lines end at CRLF only (RFC 5321 section 2.3.8). Rather than visiting every line,
         look ``limit`` octets ahead of the current line's start for the *last* CRLF there:
@@ -266,40 +304,23 @@ class BodyReader:
         moves about ``limit`` octets with one C-level ``rfind``, so a 10 MB body takes about
         ten thousand steps, however short its lines are.
         """
-        body = self._body
-        line_start = start - self._line  # where the unfinished line began
+        line_start = -self._line  # where the unfinished line began, before data[0]
         reach = limit - 2  # a CRLF must begin at most this far after the line's start
-        for _ in range(stop):  # each turn moves line_start forward or returns
+        for _ in range(stop + 1):  # each turn moves line_start forward or stops
             window_end = line_start + reach + 2
             if window_end > stop:
                 break
-            end = body.rfind(b"\r\n", line_start, window_end)
+            end = data.rfind(b"\r\n", line_start if line_start > 0 else 0, window_end)
             if end < 0:
                 self._flag_too_long()
                 return
             line_start = end + 2
-        end = body.rfind(b"\r\n", max(line_start, start - 1), stop)
+        end = data.rfind(b"\r\n", line_start if line_start > 0 else 0, stop)
         if end >= 0:
             line_start = end + 2
         self._line = stop - line_start
         if self._line > reach:
             self._flag_too_long()
-
-    def _count_stuffing(self, stop: int) -> None:
-        """Count the stuffing dots in ``_body[_counted:stop]`` (a CRLF may lie just before)."""
-        if stop > self._counted:
-            self._stuffing += self._body.count(b"\r\n.", max(self._counted - 2, 0), stop)
-            self._counted = stop
-
-    def _shed(self) -> None:
-        """A limit was crossed: drop what was checked, but two octets (a CRLF may end there)."""
-        if self._size_limit and not self._too_big:
-            self._count_stuffing(self._processed)  # still needed for the size verdict
-        drop = self._processed - 2
-        if drop > 0:
-            del self._body[:drop]
-            self._processed -= drop
-            self._counted = max(self._counted - drop, 0)
 
     def _flag_too_long(self) -> None:
         self._too_long = True
@@ -309,17 +330,19 @@ class BodyReader:
         """The outcome and, when OK, the content: dot-unstuffed, CRLF kept, terminator removed."""
         if not self._done:
             raise RuntimeError("the body has not ended yet")
-        body = self._body
-        self._body = bytearray()
+        chunks = self._chunks
+        small = self._small
+        self._chunks = []
+        self._small = bytearray()
         if self._too_big:
             return BodyOutcome.TOO_BIG, b""
         if self._too_long:
             return BodyOutcome.LINE_TOO_LONG, b""
         if self._bare:
             return BodyOutcome.BARE_NEWLINE, b""
-        if body.find(b"\r\n.") >= 0:
-            body = body.replace(b"\r\n.", b"\r\n")
-        del body[:2]
-        if self._bare_newline == "normalize" and _BARE.search(body):
-            return BodyOutcome.OK, _ANY_NEWLINE.sub(b"\r\n", body)
-        return BodyOutcome.OK, bytes(body)
+        if small:
+            chunks.append(bytes(small))
+        content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self._bare_newline == "normalize" and _BARE.search(content):
+            return BodyOutcome.OK, _ANY_NEWLINE.sub(b"\r\n", content)
+        return BodyOutcome.OK, content

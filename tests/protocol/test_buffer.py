@@ -225,3 +225,58 @@ def test_terminator_at_every_split(cut: int) -> None:
     data = b"ab\r\n..c\r\n.\r\nX"
     outcome, content, rest = read_body([data[:cut], data[cut:]])
     assert (outcome, content, rest) == (BodyOutcome.OK, b"ab\r\n.c\r\n", b"X")
+
+
+def test_byte_at_a_time_body_is_kept_compactly() -> None:
+    # One octet per feed must not become one Python object per octet: a client trickling a
+    # message would otherwise make us hold about 40 times its size.
+    reader = BodyReader(size_limit=None, line_limit=1001, bare_newline="keep")
+    line = b"x" * 78 + b"\r\n"
+    body = line * 2000  # 160 KB
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(len(body)):
+            reader.feed(body[i : i + 1])
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * len(body)
+    assert reader.feed(b".\r\n") == b""
+    assert reader.result() == (BodyOutcome.OK, body)
+
+
+def test_large_body_costs_about_its_size() -> None:
+    # Chunks without a leading-dot line are kept as received and joined once at the end: the
+    # peak is the chunks plus the joined content, never a copy per chunk on top.
+    reader = BodyReader(size_limit=None, line_limit=1001, bare_newline="keep")
+    chunk_ = (b"y" * 78 + b"\r\n") * 800  # 64 000 octets
+    tracemalloc.start()
+    try:
+        for _ in range(64):
+            reader.feed(bytes(chunk_))
+        reader.feed(b".\r\n")
+        outcome, content = reader.result()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert outcome is BodyOutcome.OK and len(content) == 64 * len(chunk_)
+    assert peak < 2.2 * len(content)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b".\r\n",
+        b"..\r\n.\r\n",
+        b"...x\r\n.\r\n",
+        b"a\r\n..\r\n..\r\n.\r\n",
+        b"a\r\n.\r\r\n.\r\n",
+        b"a\r\n.\rb\r\n.\r\n",
+    ],
+)
+def test_leading_dots_in_every_chunking(data: bytes) -> None:
+    expected = read_body([data])
+    for cut in range(1, len(data)):
+        assert read_body([data[:cut], data[cut:]]) == expected
+    assert read_body([data[i : i + 1] for i in range(len(data))]) == expected
