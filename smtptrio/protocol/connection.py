@@ -112,7 +112,6 @@ class Phase(Enum):
     CLOSED = "closed"
 
 
-_BAD_LINE_BYTES: Final = (b"\x00", b"\r", b"\n")
 # What require_starttls lets through before TLS (RFC 3207 section 4; aiosmtpd's set, plus LHLO
 # for LMTP, COMPAT D31).
 _ALLOWED_BEFORE_STARTTLS: Final = frozenset({"EHLO", "NOOP", "QUIT", "STARTTLS"})
@@ -136,6 +135,18 @@ class Connection:
         self.config = config
         # Computed once: it depends only on the configuration (it is read for every line).
         self._buffer_limit = self._line_limit_for(config)
+        # No verb's line allowance is below this, so shorter lines skip the per-verb lookup.
+        self._shortest_limit = min(
+            (config.command_size_limit, *config.command_size_limits.values())
+        )
+        # Whether any of the configuration-dependent gates of _policy_gates can apply.
+        self._gated = bool(
+            (config.require_starttls and config.tls_available)
+            or config.command_call_limit
+            or config.extension_verbs
+            or config.lmtp
+        )
+        self._auth_gate = config.auth_required
         self._in = LineBuffer()
         self._out: list[bytes] = []
         self._body: BodyReader | None = None
@@ -259,7 +270,7 @@ class Connection:
                 assert isinstance(line, bytes)
                 event = self._command(line)
             if event is not None:
-                if not isinstance(event, Refused):
+                if type(event) is not Refused:
                     self._pending = event
                     self._phase = Phase.PENDING
                 return event
@@ -278,45 +289,63 @@ class Connection:
             raise LocalProtocolError(replies.HANDLER_ERROR, "complete() with nothing pending")
         self._pending = None
         self._phase = Phase.COMMAND
-        if isinstance(event, Helo):
-            self.greeted = "HELO" if accepted else None
-        elif isinstance(event, Ehlo):
-            self.greeted = ("LHLO" if event.lhlo else "EHLO") if accepted else None
-            if not accepted:
-                self._offered_size = self._offered_utf8 = self._offered_8bit = False
-        elif isinstance(event, Mail):
-            if accepted:
-                self.in_transaction = True
-                self.smtputf8 = event.smtputf8
-        elif isinstance(event, Rcpt):
-            if accepted:
-                self.recipients += 1
-        elif isinstance(event, Data):
-            if accepted:
-                self._phase = Phase.BODY
-                self._body = BodyReader(
-                    size_limit=self.config.data_size_limit,
-                    line_limit=self.config.line_length_limit,
-                    bare_newline=self.config.bare_newline,
-                )
-                rest = self._in.take_all()
-                if rest:
-                    after = self._body.feed(rest)
-                    if after:
-                        self._in.feed(after)
-        elif isinstance(event, EndOfData):
-            self._reset_transaction()
-        elif isinstance(event, Quit):
-            self._closing = True
-            self._phase = Phase.CLOSED
-        elif isinstance(event, StartTLS):
-            if accepted:
-                self._phase = Phase.TLS_PENDING
-        elif isinstance(event, Auth):
-            if accepted:
-                self.authenticated = True
-            else:
-                self.auth_failures += 1
+        apply = _ON_COMPLETE.get(type(event))
+        if apply is not None:
+            apply(self, event, accepted)
+
+    # What complete() does per event type (the others change nothing).
+
+    def _completed_helo(self, event: Event, accepted: bool) -> None:
+        self.greeted = "HELO" if accepted else None
+
+    def _completed_ehlo(self, event: Event, accepted: bool) -> None:
+        assert isinstance(event, Ehlo)
+        self.greeted = ("LHLO" if event.lhlo else "EHLO") if accepted else None
+        if not accepted:
+            self._offered_size = self._offered_utf8 = self._offered_8bit = False
+
+    def _completed_mail(self, event: Event, accepted: bool) -> None:
+        if accepted:
+            assert isinstance(event, Mail)
+            self.in_transaction = True
+            self.smtputf8 = event.smtputf8
+
+    def _completed_rcpt(self, event: Event, accepted: bool) -> None:
+        if accepted:
+            self.recipients += 1
+
+    def _completed_data(self, event: Event, accepted: bool) -> None:
+        if not accepted:
+            return
+        cfg = self.config
+        self._phase = Phase.BODY
+        body = self._body = BodyReader(
+            size_limit=cfg.data_size_limit,
+            line_limit=cfg.line_length_limit,
+            bare_newline=cfg.bare_newline,
+        )
+        rest = self._in.take_all()
+        if rest:
+            after = body.feed(rest)
+            if after:
+                self._in.feed(after)
+
+    def _completed_end_of_data(self, event: Event, accepted: bool) -> None:
+        self._reset_transaction()
+
+    def _completed_quit(self, event: Event, accepted: bool) -> None:
+        self._closing = True
+        self._phase = Phase.CLOSED
+
+    def _completed_starttls(self, event: Event, accepted: bool) -> None:
+        if accepted:
+            self._phase = Phase.TLS_PENDING
+
+    def _completed_auth(self, event: Event, accepted: bool) -> None:
+        if accepted:
+            self.authenticated = True
+        else:
+            self.auth_failures += 1
 
     def read_auth_line(self) -> None:
         """Ask for the next line as an :class:`AuthLine` (the driver sent a 334 challenge).
@@ -472,21 +501,34 @@ class Connection:
 
     def _command(self, line: bytes) -> Event | None:
         """Check one command line and dispatch it; None means nothing to hand out."""
-        for bad in _BAD_LINE_BYTES:
-            if bad in line:
-                return self._unknown("", replies.BAD_CHARACTERS, "NUL, CR or LF in command line")
+        # Every command line passes here, so the common case is kept to a few C-level calls;
+        # the order of the checks (and so which reply a bad line gets) is the documented one.
+        if b"\r" in line or b"\n" in line or b"\x00" in line:
+            return self._unknown("", replies.BAD_CHARACTERS, "NUL, CR or LF in command line")
         if not line:
             return self._refuse("", replies.BAD_SYNTAX, "empty line")
-        if line[:1] in (b" ", b"\t"):
+        first = line[0]
+        if first == 0x20 or first == 0x09:
             # aiosmtpd reads " NOOP" as an unknown empty verb; so does the unknown-verb limit.
             return self._unknown("", replies.BAD_SYNTAX, "leading white space")
-        head, text = _split_verb(line)
-        if not head.isascii():
-            return self._refuse("", replies.BAD_SYNTAX, "non-ASCII verb")
-        if not head.isalpha():
-            return self._unknown(head.decode("ascii"))
-        verb = head.decode("ascii").upper()
-        if len(line) > self._verb_limit(verb):
+        # Split at the first SP or HTAB (RFC 5321 section 4.1.1; HTAB accepted, COMPAT D14).
+        cut = line.find(b" ")
+        if b"\t" in line:
+            tab = line.find(b"\t")
+            if cut < 0 or tab < cut:
+                cut = tab
+        if cut < 0:
+            head, text = line, b""
+        else:
+            head, text = line[:cut], line[cut + 1 :]
+        verb = _KNOWN_HEADS.get(head)
+        if verb is None:
+            if not head.isascii():
+                return self._refuse("", replies.BAD_SYNTAX, "non-ASCII verb")
+            if not head.isalpha():
+                return self._unknown(head.decode("ascii"))
+            verb = head.decode("ascii").upper()
+        if len(line) > self._shortest_limit and len(line) > self._verb_limit(verb):
             reply = replies.AUTH_LINE_TOO_LONG if verb == "AUTH" else replies.LINE_TOO_LONG
             return self._refuse(verb, reply, f"{verb} line too long")
         if text.isascii():
@@ -501,6 +543,19 @@ class Connection:
         arg = arg_text.strip(_WS) or None
         if self.tls_refused and verb != "QUIT":
             return self._refuse(verb, replies.TLS_REFUSED, "handle_STARTTLS refused")
+        if self._gated:
+            refused = self._policy_gates(verb, arg)
+            if refused is not None:
+                return refused
+        handler = _VERB_METHODS.get(verb)
+        if handler is None or (verb == "LHLO" and not self.config.lmtp):
+            return self._unknown(verb)
+        if verb in _NO_ARG_VERBS and arg is not None:
+            return self._refuse(verb, replies.NO_ARGUMENTS_ALLOWED, f"argument to {verb}")
+        return handler(self, verb, arg)
+
+    def _policy_gates(self, verb: str, arg: str | None) -> Event | None:
+        """The checks only some configurations need (STARTTLS required, budgets, LMTP...)."""
         cfg = self.config
         if (
             cfg.require_starttls
@@ -510,23 +565,18 @@ class Connection:
             not in (_ALLOWED_BEFORE_STARTTLS_LMTP if cfg.lmtp else _ALLOWED_BEFORE_STARTTLS)
         ):
             return self._refuse(verb, replies.STARTTLS_REQUIRED, "STARTTLS required")
-        budgets = self.config.command_call_limit
+        budgets = cfg.command_call_limit
         if budgets:
             budget = budgets.get(verb, budgets.get("*", 20))
             used = self._calls.get(verb, 0)
             if used >= budget:
                 return self._refuse(verb, replies.TOO_MANY_CALLS, "call limit")
             self._calls[verb] = used + 1
-        if verb in self.config.extension_verbs:
+        if verb in cfg.extension_verbs:
             return Extension(name=verb, arg=arg)
-        handler = _VERB_METHODS.get(verb)
-        if handler is None or (verb == "LHLO" and not self.config.lmtp):
-            return self._unknown(verb)
-        if self.config.lmtp and verb in ("HELO", "EHLO"):
+        if cfg.lmtp and verb in ("HELO", "EHLO"):
             return self._refuse(verb, replies.LMTP_NEEDS_LHLO, "LMTP session")
-        if verb in _NO_ARG_VERBS and arg is not None:
-            return self._refuse(verb, replies.NO_ARGUMENTS_ALLOWED, f"argument to {verb}")
-        return handler(self, verb, arg)
+        return None
 
     def _unknown(
         self,
@@ -540,11 +590,6 @@ class Connection:
         if limit is not None and self._unknown_commands >= limit:
             return self._refuse(verb, replies.TOO_MANY_UNRECOGNIZED, "unknown-command limit")
         return self._refuse(verb, reply, detail or f"unknown verb {verb!r}")
-
-    def _gate_helo(self, verb: str) -> Refused | None:
-        if self.greeted is None:
-            return self._refuse(verb, replies.BAD_SEQUENCE_HELO_FIRST, "no HELO/EHLO yet")
-        return None
 
     def _gate_auth(self, verb: str) -> Refused | None:
         if self.config.auth_required and not self.authenticated and verb in _AUTH_GATED:
@@ -571,9 +616,10 @@ class Connection:
         return Ehlo(hostname=arg, extensions=extensions, lhlo=verb == "LHLO")
 
     def _mail(self, verb: str, arg: str | None) -> Event:
-        refused = self._gate_helo(verb) or self._gate_auth(verb)
-        if refused:
-            return refused
+        if self.greeted is None:
+            return self._refuse(verb, replies.BAD_SEQUENCE_HELO_FIRST, "no HELO/EHLO yet")
+        if self._auth_gate and not self.authenticated:
+            return self._refuse(verb, replies.AUTH_REQUIRED, "AUTH required")
         if arg is None:
             return self._refuse(verb, replies.MAIL_SYNTAX, "MAIL without argument")
         try:
@@ -612,9 +658,10 @@ class Connection:
         return Mail(address=path.address, options=tuple(options), smtputf8=smtputf8, arg=arg)
 
     def _rcpt(self, verb: str, arg: str | None) -> Event:
-        refused = self._gate_helo(verb) or self._gate_auth(verb)
-        if refused:
-            return refused
+        if self.greeted is None:
+            return self._refuse(verb, replies.BAD_SEQUENCE_HELO_FIRST, "no HELO/EHLO yet")
+        if self._auth_gate and not self.authenticated:
+            return self._refuse(verb, replies.AUTH_REQUIRED, "AUTH required")
         if not self.in_transaction:
             return self._refuse(verb, replies.BAD_SEQUENCE_MAIL_FIRST, "RCPT before MAIL")
         if arg is None:
@@ -664,9 +711,10 @@ class Connection:
         return None
 
     def _data(self, verb: str, arg: str | None) -> Event:
-        refused = self._gate_helo(verb) or self._gate_auth(verb)
-        if refused:
-            return refused
+        if self.greeted is None:
+            return self._refuse(verb, replies.BAD_SEQUENCE_HELO_FIRST, "no HELO/EHLO yet")
+        if self._auth_gate and not self.authenticated:
+            return self._refuse(verb, replies.AUTH_REQUIRED, "AUTH required")
         if not self.in_transaction:
             return self._refuse(verb, replies.BAD_SEQUENCE_MAIL_FIRST, "DATA before MAIL")
         if self.recipients == 0:
@@ -766,12 +814,22 @@ _VERB_METHODS: Final[dict[str, Callable[[Connection, str, str | None], Event]]] 
 }
 
 
-def _split_verb(line: bytes) -> tuple[bytes, bytes]:
-    """Split at the first SP or HTAB (RFC 5321 section 4.1.1; HTAB accepted, COMPAT D14)."""
-    cut = line.find(b" ")
-    tab = line.find(b"\t")
-    if tab >= 0 and (cut < 0 or tab < cut):
-        cut = tab
-    if cut < 0:
-        return line, b""
-    return line[:cut], line[cut + 1 :]
+_ON_COMPLETE: Final[dict[type[Event], Callable[[Connection, Event, bool], None]]] = {
+    Helo: Connection._completed_helo,
+    Ehlo: Connection._completed_ehlo,
+    Mail: Connection._completed_mail,
+    Rcpt: Connection._completed_rcpt,
+    Data: Connection._completed_data,
+    EndOfData: Connection._completed_end_of_data,
+    Quit: Connection._completed_quit,
+    StartTLS: Connection._completed_starttls,
+    Auth: Connection._completed_auth,
+}
+
+#: The verbs as clients usually write them (upper, lower, capitalised), looked up without
+#: decoding; anything else takes the general path in ``_command``.
+_KNOWN_HEADS: Final[dict[bytes, str]] = {
+    spelling.encode("ascii"): verb
+    for verb in _VERB_METHODS
+    for spelling in (verb, verb.lower(), verb.capitalize())
+}
