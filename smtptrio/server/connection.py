@@ -163,12 +163,12 @@ class ConnectionIO:
                 if event is not CLOSED and not isinstance(event, ConnectionLost):
                     self._touch()
                 return event
-            await self._flush()
+            wrote = await self._flush()
             if self._shutting_down() and self._idle_now():
                 self.stop_reason = StopReason.SHUTDOWN
                 self.conn.send(replies.SERVICE_SHUTTING_DOWN)
                 return CLOSED
-            await self._receive()
+            await self._receive(wrote)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def request_shutdown(self) -> None:
@@ -439,16 +439,17 @@ class ConnectionIO:
         conn = self.conn
         return conn.phase is Phase.COMMAND and not conn.in_transaction
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write the queued replies; True when there were any."""
         # The scope's deadline is the one set before the last read (or after the last hook):
         # a client that does not read its replies runs into it like an idle one.
         data = self.conn.data_to_send()
         if not data:
-            return
+            return False
         fd = self._fd
         if fd is None:
             await self._stream.send_all(data)
-            return
+            return True
         # Plain TCP fast path: replies are small and the socket buffer almost always has room,
         # so write directly and wait for writability only when the kernel pushes back. This
         # skips trio's per-call wrapper layers, which the profile showed as most of the
@@ -463,10 +464,11 @@ class ConnectionIO:
             except OSError as exc:
                 raise trio.BrokenResourceError(f"socket write failed: {exc!r}") from exc
             if sent == len(view):
-                return
+                return True
             view = view[sent:]
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _receive(self) -> None:
+    async def _receive(self, after_reply: bool = False) -> None:
         conn = self.conn
         self._waiting_idle = self._idle_now()
         # One deadline move per read; moving a trio deadline is not free, so it is not reset
@@ -479,24 +481,31 @@ class ConnectionIO:
         if deadline < scope.deadline or deadline - scope.deadline >= self._slack:
             scope.deadline = deadline
         try:
-            data = await self._read()
+            data = await self._read(after_reply)
         finally:
             self._waiting_idle = False
         if conn.in_data and data:
             self._data_progress(len(data), b"\n" in data)
         conn.receive_data(data)
 
-    async def _read(self) -> bytes:
+    async def _read(self, after_reply: bool = False) -> bytes:
         fd = self._fd
         if fd is None:
             return bytes(await self._stream.receive_some(_RECEIVE_SIZE))
         # Plain TCP fast path (see _flush). A client that keeps the socket full never makes
         # us wait, so every few reads we checkpoint anyway: other connections get their turn
         # and the idle deadline is noticed.
-        self._fast_reads += 1
-        if self._fast_reads >= 16:
+        if after_reply:
+            # We just answered and had nothing more to read: a client that waits for replies
+            # (all of them, before DATA's 354 or the final 250) cannot have sent its next
+            # command yet, so a read now would only fail with EAGAIN. Wait first.
             self._fast_reads = 0
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.wait_readable(fd)
+        else:
+            self._fast_reads += 1
+            if self._fast_reads >= 16:
+                self._fast_reads = 0
+                await trio.lowlevel.checkpoint()
         for _ in range(1 << 40):  # ends on data or EOF (each turn reads or waits)
             try:
                 return os.read(fd, _RECEIVE_SIZE)
