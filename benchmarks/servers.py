@@ -237,9 +237,104 @@ def serve_smtptrio(host: str, port: int, options: dict[str, Any]) -> None:
     trio.run(main)
 
 
+# --------------------------------------------------------------------------- trio-minimal
+
+
+def serve_trio_minimal(host: str, port: int, options: dict[str, Any]) -> None:
+    """The issue's reference point: the least SMTP a trio server can do, on trio streams.
+
+    It checks nothing (no grammar, no limits, no state beyond "in DATA or not"), answers
+    every command from a table, and only finds the end of DATA. It is here to measure the
+    ceiling a trio server reaches on this machine, not as something to deploy.
+    """
+    import trio
+
+    replies = {
+        b"EHLO": b"250-bench.localhost\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 67108864\r\n",
+        b"HELO": b"250 bench.localhost\r\n",
+        b"MAIL": b"250 2.1.0 OK\r\n",
+        b"RCPT": b"250 2.1.5 OK\r\n",
+        b"RSET": b"250 2.0.0 OK\r\n",
+        b"NOOP": b"250 2.0.0 OK\r\n",
+        b"DATA": b"354 End data with <CR><LF>.<CR><LF>\r\n",
+        b"QUIT": b"221 2.0.0 Bye\r\n",
+    }
+    unknown = b"500 5.5.2 Error\r\n"
+    accepted = b"250 2.0.0 OK\r\n"
+
+    async def handle(stream: Any) -> None:
+        try:
+            await stream.send_all(b"220 bench.localhost ESMTP\r\n")
+            buf = b""
+            in_data = False
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                out = []
+                quit_ = False
+                while buf:
+                    if in_data:
+                        end = (b"\r\n" + buf).find(b"\r\n.\r\n")
+                        if end < 0:
+                            # keep only what could start the terminator
+                            buf = buf[-4:]
+                            break
+                        buf = buf[max(end + 3, 0):]
+                        in_data = False
+                        out.append(accepted)
+                        continue
+                    nl = buf.find(b"\r\n")
+                    if nl < 0:
+                        break
+                    verb = buf[:4].upper()
+                    buf = buf[nl + 2:]
+                    reply = replies.get(verb, unknown)
+                    out.append(reply)
+                    if verb == b"DATA":
+                        in_data = True
+                    elif verb == b"QUIT":
+                        quit_ = True
+                        break
+                if out:
+                    await stream.send_all(b"".join(out))
+                if quit_:
+                    return
+        except trio.BrokenResourceError:
+            return
+        finally:
+            await stream.aclose()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, handle, port, host=host, backlog=LISTEN_BACKLOG)
+            )
+            announce(
+                {
+                    "server": "trio-minimal",
+                    "version": trio.__version__,
+                    "port": listeners[0].socket.getsockname()[1],
+                    "pid": os.getpid(),
+                    "options": {},
+                    "ignored_options": sorted(options),
+                    "dropped_options": [],
+                    "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                }
+            )
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _signum in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+
+
 SERVERS: dict[str, Callable[[str, int, dict[str, Any]], None]] = {
     "aiosmtpd": serve_aiosmtpd,
     "smtptrio": serve_smtptrio,
+    "trio-minimal": serve_trio_minimal,
 }
 
 
