@@ -283,17 +283,17 @@ class BodyReader:
             self._chunks.clear()
             self._small.clear()
             return
-        if len(part) < _SMALL_PART:
+        if len(part) < _SMALL_PART and (self._chunks or self._small):
             small = self._small
             small += part
             if len(small) >= _SMALL_PART:
                 self._chunks.append(bytes(small))
                 small.clear()
             return
-        if self._small:
+        if self._small:  # what came before, in order
             self._chunks.append(bytes(self._small))
             self._small.clear()
-        self._chunks.append(part)
+        self._chunks.append(part)  # a large part, or the first one (often the whole message)
 
     def _check_lines(self, data: bytes, stop: int, limit: int) -> None:
         """Flag a text line longer than ``limit`` octets (CRLF included) in ``data[:stop]``.

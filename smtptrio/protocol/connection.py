@@ -219,7 +219,7 @@ class Connection:
 
         A 221 does not: QUIT closes the session when it is completed, whatever the reply.
         """
-        self._out.append(reply.render())
+        self._out.append(reply._wire)  # what render() returns, without the call
         if reply.code == 421:
             self._closing = True
 
@@ -245,21 +245,27 @@ class Connection:
         Raises:
             LocalProtocolError: if a command event is still waiting for ``complete()``.
         """
-        if self._closing or self._phase is Phase.CLOSED:
+        phase = self._phase
+        if self._closing or phase is Phase.CLOSED:
             self._phase = Phase.CLOSED
             return CLOSED
-        phase = self._phase
-        if phase is Phase.PENDING or phase is Phase.END_OF_DATA or phase is Phase.TLS_PENDING:
-            raise LocalProtocolError(replies.HANDLER_ERROR, f"next_event() while {phase.value}")
-        if phase is Phase.BODY:
-            return self._next_body_event()
-        limit = AUTH_LINE_LIMIT if phase is Phase.AUTH_LINE else self._buffer_limit
-        while True:
-            line = self._in.take_line(limit)
+        if phase is not Phase.COMMAND:
+            if phase is Phase.BODY:
+                return self._next_body_event()
+            if phase is not Phase.AUTH_LINE:
+                raise LocalProtocolError(
+                    replies.HANDLER_ERROR, f"next_event() while {phase.value}"
+                )
+            auth_line = self._in.take_line(AUTH_LINE_LIMIT)
+            if auth_line is None:
+                return self._at_end_of_input()
+            return self._auth_line(auth_line)
+        take_line = self._in.take_line
+        limit = self._buffer_limit
+        for _ in range(1 << 62):  # each turn consumes a line; ends at the first event
+            line = take_line(limit)
             if line is None:
                 return self._at_end_of_input()
-            if phase is Phase.AUTH_LINE:
-                return self._auth_line(line)
             if line is TOO_LONG:
                 # RFC 4954 section 4: an over-long AUTH line gets 500 5.5.6.
                 is_auth = self._in.dropped_head[:5].upper() in (b"AUTH ", b"AUTH\t")
@@ -274,6 +280,7 @@ class Connection:
                     self._pending = event
                     self._phase = Phase.PENDING
                 return event
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def complete(self, accepted: bool) -> None:
         """Apply the result of the pending command to the session.
@@ -652,9 +659,10 @@ class Connection:
             options.append(key if value is None else f"{key}={value.upper()}")
         if path.has_non_ascii and not smtputf8:
             return self._refuse(verb, replies.UTF8_ADDRESS_NEEDS_SMTPUTF8, "UTF-8 address")
-        refused = self._check_local_part(verb, path, sender=True)
-        if refused:
-            return refused
+        if self.config.local_part_limit:
+            refused = self._check_local_part(verb, path, sender=True)
+            if refused:
+                return refused
         return Mail(address=path.address, options=tuple(options), smtputf8=smtputf8, arg=arg)
 
     def _rcpt(self, verb: str, arg: str | None) -> Event:
@@ -676,9 +684,10 @@ class Connection:
             return self._refuse(verb, replies.UNKNOWN_PARAMETER, f"parameter {path.params[0][0]}")
         if path.has_non_ascii and not self.smtputf8:
             return self._refuse(verb, replies.UTF8_ADDRESS_NEEDS_SMTPUTF8, "UTF-8 address")
-        refused = self._check_local_part(verb, path, sender=False)
-        if refused:
-            return refused
+        if self.config.local_part_limit:
+            refused = self._check_local_part(verb, path, sender=False)
+            if refused:
+                return refused
         limit = self.config.max_recipients
         if limit is not None and self.recipients >= limit:
             return self._refuse(verb, replies.TOO_MANY_RECIPIENTS, "recipient limit", count=False)

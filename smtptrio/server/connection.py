@@ -86,6 +86,10 @@ class ConnectionIO:
         self._shutting_down = shutting_down
         self._admit_source = admit_source
         self._scope = trio.CancelScope()
+        # The deadline last given to _scope (reading CancelScope.deadline is a property call).
+        self._applied = math.inf
+        # Input arrived since the last event: the next event is activity (see read_event).
+        self._fresh_input = False
         self._timeout = options.timeout
         self._slack = min(1.0, options.timeout * 0.01)
         # A stalled handshake is an idle client too: never wait longer than the idle timeout.
@@ -134,7 +138,7 @@ class ConnectionIO:
 
     async def run_hook(self, func: Callable[..., Any], *args: Any) -> Any:
         """Call a hook (sync or async) with the idle timer paused and under ``hook_timeout``."""
-        self._scope.deadline = math.inf
+        self._scope.deadline = self._applied = math.inf
         limit = self.options.hook_timeout
         try:
             if limit is None:
@@ -152,7 +156,7 @@ class ConnectionIO:
             return None  # pragma: no cover - unreachable
         finally:
             self._touch()
-            self._scope.deadline = self._deadline
+            self._scope.deadline = self._applied = self._deadline
 
     async def read_event(self) -> Event | Sentinel:
         """The next event, receiving (and flushing replies first) as long as the engine needs."""
@@ -160,10 +164,30 @@ class ConnectionIO:
         for _ in range(1 << 62):  # bounded by the stream: each turn reads or returns
             event = conn.next_event()
             if event is not NEED_DATA:
-                if event is not CLOSED and not isinstance(event, ConnectionLost):
-                    self._touch()
+                if self._fresh_input:
+                    # A complete command arrived: activity, and the idle deadline moves. One
+                    # clock read per chunk received, not one per pipelined command.
+                    self._fresh_input = False
+                    if event is not CLOSED and type(event) is not ConnectionLost:
+                        self._touch()
                 return event
-            wrote = await self._flush()
+            # Flush the replies. They almost always fit the socket buffer, so on plain TCP
+            # they are written right here, and only a short write awaits (in _write_rest).
+            data = conn.data_to_send()
+            wrote = False
+            if data:
+                wrote = True
+                fd = self._fd
+                sent = 0
+                if fd is not None:
+                    try:
+                        sent = os.write(fd, data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError as exc:
+                        raise trio.BrokenResourceError(f"socket write failed: {exc!r}") from exc
+                if sent < len(data):
+                    await self._write_rest(data, sent)
             if self._shutting_down() and self._idle_now():
                 self.stop_reason = StopReason.SHUTDOWN
                 self.conn.send(replies.SERVICE_SHUTTING_DOWN)
@@ -321,7 +345,9 @@ class ConnectionIO:
                 await self._flush()
                 self.outcome = self.outcome if self.outcome != "open" else "closed"
                 return
-            if isinstance(event, ConnectionLost):
+            kind = type(event)
+            if kind is ConnectionLost:
+                assert isinstance(event, ConnectionLost)
                 self.outcome = f"client closed{' during ' + event.during if event.during else ''}"
                 if event.during:
                     log.warning(
@@ -329,7 +355,8 @@ class ConnectionIO:
                         extra={"session_id": _sid(smtp), "during": event.during},
                     )
                 return
-            if isinstance(event, Refused):
+            if kind is Refused:
+                assert isinstance(event, Refused)
                 await self._error_pause(event.reply)
                 reply = event.reply
                 level = logging.WARNING if reply.code >= 500 or reply.closes else logging.INFO
@@ -346,20 +373,18 @@ class ConnectionIO:
                 )
                 continue
             assert isinstance(event, Event)
-            await self._dispatch(event)
-            if isinstance(event, EndOfData):
+            await smtp.dispatch(event)
+            if kind is EndOfData:
+                assert isinstance(event, EndOfData)
                 self.messages += 1
                 self.bytes_in += len(event.content)
-            if (
-                isinstance(event, StartTLS)
+            elif (
+                kind is StartTLS
                 and conn.phase is Phase.TLS_PENDING
                 and not await self._start_tls()
             ):
                 return
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _dispatch(self, event: Event) -> None:
-        await self.smtp.dispatch(event)
 
     async def _start_tls(self) -> bool:
         """RFC 3207: drop pipelined plaintext, handshake, start a new session."""
@@ -399,10 +424,10 @@ class ConnectionIO:
         return True
 
     async def _handshake(self, ctx: ssl.SSLContext) -> trio.SSLStream[trio.abc.Stream] | None:
-        self._scope.deadline = math.inf
+        self._scope.deadline = self._applied = math.inf
         tls = await handshake(self.stream, ctx, self._handshake_limit, _sid(self.smtp))
         self._touch()
-        self._scope.deadline = self._deadline
+        self._scope.deadline = self._applied = self._deadline
         if tls is None:
             self.outcome = "TLS handshake failed"
         return tls
@@ -441,20 +466,26 @@ class ConnectionIO:
 
     async def _flush(self) -> bool:
         """Write the queued replies; True when there were any."""
-        # The scope's deadline is the one set before the last read (or after the last hook):
-        # a client that does not read its replies runs into it like an idle one.
         data = self.conn.data_to_send()
         if not data:
             return False
+        await self._write_rest(data, 0)
+        return True
+
+    async def _write_rest(self, data: bytes, sent: int) -> None:
+        """Write ``data[sent:]``, waiting for the socket to drain when it is full.
+
+        The scope's deadline is the one set before the last read (or after the last hook): a
+        client that does not read its replies runs into it like an idle one.
+        """
         fd = self._fd
         if fd is None:
-            await self._stream.send_all(data)
-            return True
-        # Plain TCP fast path: replies are small and the socket buffer almost always has room,
-        # so write directly and wait for writability only when the kernel pushes back. This
-        # skips trio's per-call wrapper layers, which the profile showed as most of the
-        # per-command cost; cancellation (the idle deadline) still applies while waiting.
-        view = memoryview(data)
+            await self._stream.send_all(data[sent:] if sent else data)
+            return
+        # Plain TCP fast path: os.write, and trio's wait_writable only when the kernel pushes
+        # back. This skips trio's per-call stream wrapper layers, which the profile showed as
+        # most of the per-command cost; cancellation (the idle deadline) applies while waiting.
+        view = memoryview(data)[sent:]
         for _ in range(1 << 40):  # ends when everything is written (each turn writes or waits)
             try:
                 sent = os.write(fd, view)
@@ -464,54 +495,63 @@ class ConnectionIO:
             except OSError as exc:
                 raise trio.BrokenResourceError(f"socket write failed: {exc!r}") from exc
             if sent == len(view):
-                return True
+                return
             view = view[sent:]
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _receive(self, after_reply: bool = False) -> None:
         conn = self.conn
-        self._waiting_idle = self._idle_now()
-        # One deadline move per read; moving a trio deadline is not free, so it is not reset
-        # between reads (only hooks pause it, in run_hook).
-        scope = self._scope
-        deadline = self._deadline
+        self._waiting_idle = conn.phase is Phase.COMMAND and not conn.in_transaction
         # Moving a trio deadline costs a heap operation: an earlier one is applied at once, a
         # later one only once it moved by 1% of the timeout (at most a second), so the
-        # timeout fires at most that much early.
-        if deadline < scope.deadline or deadline - scope.deadline >= self._slack:
-            scope.deadline = deadline
+        # timeout fires at most that much early. Hooks pause it (run_hook).
+        deadline = self._deadline
+        applied = self._applied
+        if deadline < applied or deadline - applied >= self._slack:
+            self._scope.deadline = self._applied = deadline
         try:
-            data = await self._read(after_reply)
+            fd = self._fd
+            data = None
+            if fd is not None:
+                # Plain TCP fast path (see _write_rest). Right after our replies went out, a
+                # client that waits for them cannot have answered yet: give the other tasks
+                # their turn first (a checkpoint, as trio's own send_all ends with), and by
+                # the time we are back its next command has usually arrived, so the read
+                # succeeds without registering with epoll. Otherwise read at once, but
+                # checkpoint at least every 16 reads, so that a client keeping the socket
+                # full still lets other connections have their turn.
+                if after_reply or self._fast_reads >= 16:
+                    self._fast_reads = 0
+                    await trio.lowlevel.checkpoint()
+                self._fast_reads += 1
+                try:
+                    data = os.read(fd, _RECEIVE_SIZE)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"socket read failed: {exc!r}") from exc
+            if data is None:
+                data = await self._read()
         finally:
             self._waiting_idle = False
-        if conn.in_data and data:
-            self._data_progress(len(data), b"\n" in data)
+        if data:
+            self._fresh_input = True
+            if conn.in_data:
+                self._data_progress(len(data), b"\n" in data)
         conn.receive_data(data)
 
-    async def _read(self, after_reply: bool = False) -> bytes:
+    async def _read(self) -> bytes:
+        """The waiting read: trio's stream, or wait_readable then os.read on plain TCP."""
         fd = self._fd
         if fd is None:
             return bytes(await self._stream.receive_some(_RECEIVE_SIZE))
-        # Plain TCP fast path (see _flush). A client that keeps the socket full never makes
-        # us wait, so every few reads we checkpoint anyway: other connections get their turn
-        # and the idle deadline is noticed.
-        if after_reply:
-            # We just answered and had nothing more to read: a client that waits for replies
-            # (all of them, before DATA's 354 or the final 250) cannot have sent its next
-            # command yet, so a read now would only fail with EAGAIN. Wait first.
-            self._fast_reads = 0
+        self._fast_reads = 0
+        for _ in range(1 << 40):  # ends on data or EOF (each turn waits, then reads)
             await trio.lowlevel.wait_readable(fd)
-        else:
-            self._fast_reads += 1
-            if self._fast_reads >= 16:
-                self._fast_reads = 0
-                await trio.lowlevel.checkpoint()
-        for _ in range(1 << 40):  # ends on data or EOF (each turn reads or waits)
             try:
                 return os.read(fd, _RECEIVE_SIZE)
             except BlockingIOError:
-                self._fast_reads = 0
-                await trio.lowlevel.wait_readable(fd)
+                continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"socket read failed: {exc!r}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
