@@ -265,7 +265,7 @@ class Connection:
         for _ in range(1 << 62):  # each turn consumes a line; ends at the first event
             line = take_line(limit)
             if line is None:
-                return self._at_end_of_input()
+                return self._at_end_of_input() if self._eof else NEED_DATA
             if line is TOO_LONG:
                 # RFC 4954 section 4: an over-long AUTH line gets 500 5.5.6.
                 is_auth = self._in.dropped_head[:5].upper() in (b"AUTH ", b"AUTH\t")

@@ -82,7 +82,9 @@ class ConnectionIO:
         self.options = options
         self.conn = Connection(config)
         self.peer = peer
-        self.sockname = sockname
+        # The local address: given, or looked up on first use (one syscall fewer per session:
+        # only handlers asking for get_extra_info("sockname") need it).
+        self._sockname = sockname
         self._shutting_down = shutting_down
         self._admit_source = admit_source
         self._scope = trio.CancelScope()
@@ -113,6 +115,20 @@ class ConnectionIO:
     def stream(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._fd = _plain_socket_fd(stream)
+
+    @property
+    def sockname(self) -> Any:
+        """The local address of the connection (asyncio's ``sockname``), or None."""
+        if self._sockname is None:
+            transport: Any = self._stream
+            while isinstance(transport, trio.SSLStream):
+                transport = transport.transport_stream
+            if isinstance(transport, trio.SocketStream):
+                try:
+                    self._sockname = transport.socket.getsockname()
+                except OSError:
+                    return None
+        return self._sockname
 
     # ------------------------------------------------------------------ public to SMTP
 
@@ -517,13 +533,17 @@ class ConnectionIO:
                 # client that waits for them cannot have answered yet: give the other tasks
                 # their turn first (a checkpoint, as trio's own send_all ends with), and by
                 # the time we are back its next command has usually arrived, so the read
-                # succeeds without registering with epoll. Otherwise read at once, but
-                # checkpoint at least every 16 reads, so that a client keeping the socket
-                # full still lets other connections have their turn.
-                if after_reply or self._fast_reads >= 16:
-                    self._fast_reads = 0
+                # succeeds without registering with epoll. Otherwise read at once. Every 16th
+                # read without a wait is a full checkpoint (a cancellation point too), so
+                # that a client keeping the socket full, or answering instantly, still lets
+                # other connections have their turn and sees a shutdown or its deadline.
+                fast = self._fast_reads + 1
+                if fast >= 16:
+                    fast = 0
                     await trio.lowlevel.checkpoint()
-                self._fast_reads += 1
+                elif after_reply:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                self._fast_reads = fast
                 try:
                     data = os.read(fd, _RECEIVE_SIZE)
                 except BlockingIOError:

@@ -171,7 +171,8 @@ class RunningServer:
             self._idle.set()
 
 
-def _peer_of(stream: trio.abc.Stream) -> tuple[Any, Any]:
+def _peer_of(stream: trio.abc.Stream) -> Any:
+    """The peer address; the local one is looked up by ConnectionIO when a handler asks."""
     sock_stream = stream
     while isinstance(sock_stream, trio.SSLStream):
         sock_stream = sock_stream.transport_stream
@@ -180,14 +181,10 @@ def _peer_of(stream: trio.abc.Stream) -> tuple[Any, Any]:
             peer = sock_stream.socket.getpeername()
         except OSError:
             peer = None
-        try:
-            sockname = sock_stream.socket.getsockname()
-        except OSError:
-            sockname = None
         if isinstance(peer, bytes):
             peer = peer.decode()
-        return peer, sockname
-    return None, None
+        return peer
+    return None
 
 
 def _ip_of(peer: Any) -> str | None:
@@ -228,7 +225,7 @@ class _Runtime:
 
 
 async def _handle(stream: trio.abc.Stream, runtime: _Runtime, server: RunningServer) -> None:
-    peer, sockname = _peer_of(stream)
+    peer = _peer_of(stream)
     ip = _ip_of(peer)
     # Behind the PROXY protocol the socket peer is the proxy: per-address limits apply to the
     # source the PROXY header names, once it has been read (COMPAT.md section 4).
@@ -262,7 +259,6 @@ async def _handle(stream: trio.abc.Stream, runtime: _Runtime, server: RunningSer
             runtime.config,
             runtime.options,
             peer=peer,
-            sockname=sockname,
             shutting_down=lambda: server.shutting_down,
             admit_source=admit_source if proxied else None,
         )

@@ -310,3 +310,36 @@ async def test_port_is_closed_after_serve_returns() -> None:
             port = server.port
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", port)
+
+
+class _Addresses:
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: Any
+    ) -> str:
+        self.seen = {
+            "peername": server.transport.get_extra_info("peername"),
+            "sockname": server.transport.get_extra_info("sockname"),
+        }
+        return "250 2.0.0 OK"
+
+
+def _noop(port: int) -> tuple[int, bytes]:
+    with _client(port) as client:
+        client.ehlo()
+        return client.noop()
+
+
+async def test_get_extra_info_gives_both_tcp_addresses() -> None:
+    # sockname is looked up only when a handler asks for it; it must still be the real one.
+    handler = _Addresses()
+    with trio.fail_after(TIMEOUT):
+        async with serving_tcp(handler) as server:
+            port = server.port
+            code, _ = await _in_thread(_noop, port)
+    assert code == 250
+    assert handler.seen["sockname"] == ("127.0.0.1", port)
+    peer = handler.seen["peername"]
+    assert peer[0] == "127.0.0.1" and peer[1] != port
