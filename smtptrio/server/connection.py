@@ -85,9 +85,13 @@ class ConnectionIO:
         # The local address: given, or looked up on first use (one syscall fewer per session:
         # only handlers asking for get_extra_info("sockname") need it).
         self._sockname = sockname
-        self._shutting_down = shutting_down
+        # Set by request_shutdown(), or at once when the server is already shutting down; a
+        # flag, as it is read before every receive.
+        self._shutdown_requested = shutting_down()
         self._admit_source = admit_source
         self._scope = trio.CancelScope()
+        # trio.current_time() is this clock's current_time() behind two more calls.
+        self._clock = trio.lowlevel.current_clock()
         # The deadline last given to _scope (reading CancelScope.deadline is a property call).
         self._applied = math.inf
         # Input arrived since the last event: the next event is activity (see read_event).
@@ -204,7 +208,7 @@ class ConnectionIO:
                         raise trio.BrokenResourceError(f"socket write failed: {exc!r}") from exc
                 if sent < len(data):
                     await self._write_rest(data, sent)
-            if self._shutting_down() and self._idle_now():
+            if self._shutdown_requested and self._idle_now():
                 self.stop_reason = StopReason.SHUTDOWN
                 self.conn.send(replies.SERVICE_SHUTTING_DOWN)
                 return CLOSED
@@ -213,6 +217,7 @@ class ConnectionIO:
 
     def request_shutdown(self) -> None:
         """Graceful shutdown: end now if idle, else at the end of the transaction."""
+        self._shutdown_requested = True
         if self._waiting_idle:
             self.stop_reason = StopReason.SHUTDOWN
             self._scope.cancel()
@@ -361,9 +366,7 @@ class ConnectionIO:
                 await self._flush()
                 self.outcome = self.outcome if self.outcome != "open" else "closed"
                 return
-            kind = type(event)
-            if kind is ConnectionLost:
-                assert isinstance(event, ConnectionLost)
+            if isinstance(event, ConnectionLost):
                 self.outcome = f"client closed{' during ' + event.during if event.during else ''}"
                 if event.during:
                     log.warning(
@@ -371,8 +374,7 @@ class ConnectionIO:
                         extra={"session_id": _sid(smtp), "during": event.during},
                     )
                 return
-            if kind is Refused:
-                assert isinstance(event, Refused)
+            if isinstance(event, Refused):
                 await self._error_pause(event.reply)
                 reply = event.reply
                 level = logging.WARNING if reply.code >= 500 or reply.closes else logging.INFO
@@ -390,12 +392,11 @@ class ConnectionIO:
                 continue
             assert isinstance(event, Event)
             await smtp.dispatch(event)
-            if kind is EndOfData:
-                assert isinstance(event, EndOfData)
+            if isinstance(event, EndOfData):
                 self.messages += 1
                 self.bytes_in += len(event.content)
             elif (
-                kind is StartTLS
+                isinstance(event, StartTLS)
                 and conn.phase is Phase.TLS_PENDING
                 and not await self._start_tls()
             ):
@@ -474,7 +475,7 @@ class ConnectionIO:
 
     def _touch(self) -> None:
         """Activity: the idle deadline moves forward (RFC 5321 section 4.5.3.2 timeouts)."""
-        self._deadline = trio.current_time() + self._timeout
+        self._deadline = self._clock.current_time() + self._timeout
 
     def _idle_now(self) -> bool:
         conn = self.conn

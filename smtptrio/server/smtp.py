@@ -366,20 +366,20 @@ class SMTP:
         try:
             try:
                 # The commands of every transaction are run here, one coroutine fewer each.
-                kind = type(event)
-                if kind is Rcpt:
-                    assert isinstance(event, Rcpt) and self.envelope is not None
-                    before = len(self.envelope.rcpt_tos)
+                if isinstance(event, Rcpt):
+                    envelope = self.envelope
+                    before = len(envelope.rcpt_tos) if envelope is not None else 0
                     await self.smtp_RCPT(event.arg)
                     accepted = self.envelope is not None and len(self.envelope.rcpt_tos) > before
-                elif kind is Mail:
-                    assert isinstance(event, Mail)
+                elif isinstance(event, Mail):
                     await self.smtp_MAIL(event.arg)
                     accepted = bool(self.envelope is not None and self.envelope.mail_from)
-                elif kind is EndOfData:
-                    assert isinstance(event, EndOfData)
+                elif isinstance(event, EndOfData):
                     await self._end_of_data(event)
                     accepted = True
+                elif isinstance(event, Data):
+                    await self.smtp_DATA(None)
+                    accepted = self._last_code == 354
                 else:
                     accepted = await self._run(event)
             except _ExchangeAborted:
@@ -687,15 +687,16 @@ class SMTP:
                 self._send(replies.MESSAGE_ACCEPTED)
             else:
                 await self.push(status)
-            log.info(
-                "message received" if self._last_code < 400 else "message refused by handler",
-                extra={
-                    "session_id": self.session.id,
-                    "size": len(content),
-                    "rcpts": len(envelope.rcpt_tos),
-                    "code": self._last_code,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "message received" if self._last_code < 400 else "message refused by handler",
+                    extra={
+                        "session_id": self.session.id,
+                        "size": len(content),
+                        "rcpts": len(envelope.rcpt_tos),
+                        "code": self._last_code,
+                    },
+                )
         finally:
             # The transaction is over with any end-of-data reply (RFC 5321 section 3.3).
             self.envelope = self._create_envelope()
