@@ -618,6 +618,15 @@ class ConnectionIO:
 
     async def _close(self) -> None:
         stream = self.stream
+        if type(stream) is trio.SocketStream:
+            # Closing a plain socket never waits on the peer, so there is nothing to time out
+            # or to shield: close it here (what SocketStream.aclose does before its
+            # checkpoint), one cancel scope and one deadline fewer per session.
+            try:
+                stream.socket.close()
+            except OSError:
+                pass
+            return
         with trio.move_on_after(_CLOSE_TIMEOUT) as scope:
             scope.shield = True
             try:
