@@ -316,7 +316,12 @@ class ServerProcess:
 
 
 def start_server(
-    name: str, options: dict[str, Any], cpus: set[int], logdir: Path, tag: str
+    name: str,
+    options: dict[str, Any],
+    cpus: set[int],
+    logdir: Path,
+    tag: str,
+    handler: str = "sink",
 ) -> ServerProcess:
     stderr_path = logdir / f"{tag}.stderr"
     env = dict(os.environ)
@@ -326,6 +331,7 @@ def start_server(
         "--host", "127.0.0.1", "--port", "0",
         "--options", json.dumps(options),
         "--cpu", ",".join(str(c) for c in sorted(cpus)),
+        "--handler", handler,
     ]  # fmt: skip
     with open(stderr_path, "wb") as err:
         proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env)
@@ -412,6 +418,7 @@ class Config:
     logdir_is_temp: bool
     verbose: bool
     quiet_wait: float
+    handler: str = "sink"  # "sink": no hooks; "data": an async handle_DATA on both
 
 
 def load_command(cfg: Config, s: Scenario, port: int) -> tuple[list[str], str]:
@@ -578,7 +585,7 @@ def run_unit(cfg: Config, s: Scenario, server: str, round_no: int, slot: int) ->
                     f"through {QUIET_GIVE_UP} waits in a row; not waiting until it is quiet again",
                     file=sys.stderr,
                 )
-    srv = start_server(server, options, cfg.server_cpus, cfg.logdir, tag)
+    srv = start_server(server, options, cfg.server_cpus, cfg.logdir, tag, cfg.handler)
     try:
         warm_up(srv.port)
         result = run_idle(cfg, s, srv) if s.idle else run_load(cfg, s, srv)
@@ -898,6 +905,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="two servers, first/second is the ratio (default smtptrio,aiosmtpd);"
                              " 'aiosmtpd,aiosmtpd' checks the harness itself")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--handler",
+        choices=["sink", "data"],
+        default="sink",
+        help="sink: each server's own Sink (no hooks, the default); "
+        "data: a handler whose async handle_DATA returns '250 OK', on both",
+    )
     parser.add_argument("--quick", action="store_true", help="about a third of the messages")
     parser.add_argument("--scenarios", default="abcdefg", help="subset, e.g. 'acf'")
     parser.add_argument("--json", metavar="PATH", help="also write everything as JSON")
@@ -970,6 +984,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str]:
         logdir_is_temp=not args.logdir,
         verbose=args.verbose,
         quiet_wait=args.quiet_wait,
+        handler=args.handler,
     )
     return cfg, pinning
 
@@ -1028,6 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_model": cpu_model(),
         "cpus_online": os.cpu_count(),
         "pinning": pinning,
+        "handler": cfg.handler,
         "kernel": platform.release(),
         "rlimit_nofile": nofile,
         "rounds": cfg.rounds,

@@ -15,9 +15,10 @@ and then closes its stdout, so a harness that stopped reading can never block it
 serves until SIGTERM (or SIGINT), and it dies with its parent (``PR_SET_PDEATHSIG``), so a
 killed harness leaves no server behind.
 
-Both servers use a sink handler that accepts every message and keeps nothing: for
-aiosmtpd a handler whose ``handle_DATA`` returns ``"250 OK"``, for smtptrio its own
-``smtptrio.handlers.Sink``.
+With ``--handler sink`` (the default) each server uses its own ``Sink`` handler, which has
+no hooks at all and so gets every default reply (``aiosmtpd.handlers.Sink``,
+``smtptrio.handlers.Sink``). With ``--handler data`` both use a handler whose async
+``handle_DATA`` returns ``"250 OK"``, which measures one hook call per message.
 """
 
 from __future__ import annotations
@@ -82,14 +83,14 @@ def announce(info: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- aiosmtpd
 
 
-class AiosmtpdSink:
-    """aiosmtpd handler that accepts and drops every message (like smtptrio's Sink)."""
+class DataHook:
+    """A handler with one async hook: handle_DATA accepts and drops every message."""
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         return "250 OK"
 
 
-def serve_aiosmtpd(host: str, port: int, options: dict[str, Any]) -> None:
+def serve_aiosmtpd(host: str, port: int, options: dict[str, Any], handler_name: str) -> None:
     import asyncio
 
     import aiosmtpd
@@ -108,7 +109,9 @@ def serve_aiosmtpd(host: str, port: int, options: dict[str, Any]) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        handler = AiosmtpdSink()
+        from aiosmtpd.handlers import Sink as AiosmtpdSink
+
+        handler = AiosmtpdSink() if handler_name == "sink" else DataHook()
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
@@ -129,6 +132,7 @@ def serve_aiosmtpd(host: str, port: int, options: dict[str, Any]) -> None:
                 "ignored_options": ignored,
                 "dropped_options": [],
                 "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                "handler": type(handler).__module__ + "." + type(handler).__name__,
             }
         )
         await stop.wait()
@@ -174,7 +178,7 @@ def _known_smtptrio_options() -> set[str] | None:
     return {f.name for f in dataclasses.fields(cls)}
 
 
-def serve_smtptrio(host: str, port: int, options: dict[str, Any]) -> None:
+def serve_smtptrio(host: str, port: int, options: dict[str, Any], handler_name: str) -> None:
     import trio
 
     import smtptrio
@@ -194,11 +198,12 @@ def serve_smtptrio(host: str, port: int, options: dict[str, Any]) -> None:
             dropped.append(name)
             del kwargs[name]
     announced = False
+    handler: Any = Sink() if handler_name == "sink" else DataHook()
 
     async def attempt(opts: dict[str, Any]) -> None:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(
-                functools.partial(serve, Sink(), host=host, port=port, **opts)
+                functools.partial(serve, handler, host=host, port=port, **opts)
             )
             announce(
                 {
@@ -210,6 +215,7 @@ def serve_smtptrio(host: str, port: int, options: dict[str, Any]) -> None:
                     "ignored_options": [],
                     "dropped_options": dropped,
                     "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                    "handler": type(handler).__module__ + "." + type(handler).__name__,
                 }
             )
             nonlocal announced
@@ -240,7 +246,7 @@ def serve_smtptrio(host: str, port: int, options: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- trio-minimal
 
 
-def serve_trio_minimal(host: str, port: int, options: dict[str, Any]) -> None:
+def serve_trio_minimal(host: str, port: int, options: dict[str, Any], handler_name: str) -> None:
     """The issue's reference point: the least SMTP a trio server can do, on trio streams.
 
     It checks nothing (no grammar, no limits, no state beyond "in DATA or not"), answers
@@ -331,7 +337,7 @@ def serve_trio_minimal(host: str, port: int, options: dict[str, Any]) -> None:
     trio.run(main)
 
 
-SERVERS: dict[str, Callable[[str, int, dict[str, Any]], None]] = {
+SERVERS: dict[str, Callable[[str, int, dict[str, Any], str], None]] = {
     "aiosmtpd": serve_aiosmtpd,
     "smtptrio": serve_smtptrio,
     "trio-minimal": serve_trio_minimal,
@@ -345,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--options", default="{}", help="JSON object of server options")
     parser.add_argument("--cpu", default="", help="comma-separated CPUs to pin this process to")
+    parser.add_argument("--handler", choices=["sink", "data"], default="sink")
     args = parser.parse_args(argv)
 
     die_with_parent()
@@ -354,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     options = json.loads(args.options)
     if not isinstance(options, dict):
         parser.error("--options must be a JSON object")
-    SERVERS[args.server](args.host, args.port, options)
+    SERVERS[args.server](args.host, args.port, options, args.handler)
     return 0
 
 

@@ -402,6 +402,94 @@ async def test_hook_timeout_reaches_handle_exception_as_smtptrio_hook_timeout(
     assert isinstance(error, TimeoutError)
 
 
+class ScopedNoop:
+    """A hook that opens its own cancel scopes (and a nursery) before it first suspends."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str | None
+    ) -> str:
+        with trio.fail_after(50):
+            with trio.move_on_after(1) as inner:
+                await trio.sleep(5)  # cut short by its own scope
+            self.steps.append(f"inner cancelled: {inner.cancelled_caught}")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep, 2)
+            await trio.sleep(1)
+        self.steps.append("done")
+        return "250 2.0.0 scoped"
+
+
+async def test_hook_opening_its_own_scopes_before_suspending_keeps_them_nested(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The hook's first step runs before the hook deadline is armed; its own scopes must
+    # still nest inside the hook scope (trio raises on a crossed cancel scope stack).
+    handler = ScopedNoop()
+    async with running_server(handler, timeout=300, hook_timeout=10) as srv:
+        client = await srv.greeted()
+        started = trio.current_time()
+        assert (await client.cmd("NOOP", timeout=100)).codes == (250, "2.0.0")
+        assert trio.current_time() - started == pytest.approx(4, abs=0.5)
+        assert (await client.cmd("NOOP", timeout=100)).codes == (250, "2.0.0")
+    assert handler.steps == ["inner cancelled: True", "done"] * 2
+
+
+class InstantHooks:
+    """Hooks that never suspend: a coroutine that returns at once, a plain function, and
+    an awaitable that is not a coroutine."""
+
+    class _Ready:
+        def __await__(self) -> Any:
+            yield from ()
+            return "250 2.0.0 from an awaitable"
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str | None
+    ) -> str:
+        return "250 2.0.0 at once"
+
+    def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 2.0.0 sync"
+
+    def handle_VRFY(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str
+    ) -> Any:
+        return self._Ready()
+
+
+async def test_hooks_that_never_suspend_answer_and_keep_the_idle_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_server(InstantHooks(), timeout=300, hook_timeout=10) as srv:
+        client = await srv.greeted()
+        assert (await client.cmd("NOOP")).lines[-1].endswith("at once")
+        assert (await client.cmd("RSET")).lines[-1].endswith("sync")
+        assert (await client.cmd("VRFY <a@example.com>")).lines[-1].endswith("awaitable")
+        sent_at = trio.current_time()
+        assert (await client.reply(timeout=400)).codes == (421, "4.4.2")
+        assert trio.current_time() - sent_at == pytest.approx(300, abs=3.5)
+
+
+class FailsAfterWaiting:
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str | None
+    ) -> str:
+        await trio.sleep(1)
+        raise ValueError("backend said no")
+
+
+async def test_hook_failing_after_it_suspended_gets_451_and_the_session_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_server(FailsAfterWaiting(), hook_timeout=10) as srv:
+        client = await srv.greeted()
+        assert (await client.cmd("NOOP", timeout=100)).codes == (451, "4.3.0")
+        assert (await client.cmd("RSET")).codes == (250, "2.0.0")
+
+
 # ---------------------------------------------------------------------------- disconnects, garbage
 
 
