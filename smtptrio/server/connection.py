@@ -410,7 +410,8 @@ class ConnectionIO:
                 )
                 continue
             assert isinstance(event, Event)
-            await smtp.dispatch(event)
+            if not smtp.dispatch_now(event):
+                await smtp.dispatch(event)
             if isinstance(event, EndOfData):
                 self.messages += 1
                 self.bytes_in += len(event.content)

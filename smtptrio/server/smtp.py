@@ -17,7 +17,7 @@ import logging
 import warnings
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from smtptrio.protocol import replies
 from smtptrio.protocol.config import Config
@@ -184,6 +184,19 @@ class SMTP:
         self._replies_sent = 0
         self._close_requested = False
         self.transport = _Transport(self)
+        # The transaction commands that run no user code here (no hook, smtp_* method not
+        # overridden): dispatch_now() answers them without a coroutine.
+        commands = hooks.commands
+        overridden = type(self)._overridden
+        self._now_mail = "MAIL" not in commands and "MAIL" not in overridden
+        self._now_rcpt = "RCPT" not in commands and "RCPT" not in overridden
+        self._now_data = "DATA" not in overridden
+        self._now_end_of_data = (
+            "DATA" not in commands
+            and hooks.process_message is None
+            and type(self)._end_of_data is SMTP._end_of_data
+            and type(self)._create_envelope is SMTP._create_envelope
+        )
 
     # ------------------------------------------------------------------ configuration
 
@@ -355,6 +368,49 @@ class SMTP:
             return MISSING
         assert self._io is not None
         return await self._io.run_hook(hook, self, self.session, self.envelope, *args)
+
+    def dispatch_now(self, event: Event) -> bool:
+        """Run a transaction command at once when no user code is involved; else False.
+
+        MAIL, RCPT, DATA and the end of the message, with no hook for them and the smtp_*
+        methods not overridden, cannot suspend or fail: the reply is the default one. They are
+        answered here without a coroutine (the common case for a sink, and for every RCPT of
+        a handler without handle_RCPT); everything else goes through ``await dispatch()``.
+        """
+        kind = type(event)
+        envelope = self.envelope
+        if envelope is None:
+            return False
+        if kind is Rcpt:
+            if not self._now_rcpt:
+                return False
+            rcpt = cast(Rcpt, event)
+            self._accept_rcpt(envelope, rcpt.address, list(rcpt.options))
+        elif kind is Mail:
+            if not self._now_mail:
+                return False
+            mail = cast(Mail, event)
+            envelope.smtp_utf8 = mail.smtputf8
+            self._accept_mail(envelope, mail.address, list(mail.options))
+        elif kind is Data:
+            if not self._now_data:
+                return False
+            self._send(replies.START_MAIL_INPUT)
+        elif kind is EndOfData:
+            if not self._now_end_of_data:
+                return False
+            content = self._store_content(envelope, cast(EndOfData, event).content)
+            self._send(replies.MESSAGE_ACCEPTED)
+            self._log_message(envelope, content)
+            self.envelope = self._create_envelope()
+        else:
+            return False
+        conn = self._conn
+        assert conn is not None
+        conn.complete(True)
+        if self._close_requested:
+            conn.close()
+        return True
 
     async def dispatch(self, event: Event) -> None:
         """Run one command event to its reply and tell the engine the outcome."""
@@ -610,11 +666,14 @@ class SMTP:
             else MISSING
         )
         if is_missing(status):
-            envelope.mail_from = event.address
-            envelope.mail_options.extend(options)
-            self._send(replies.SENDER_OK)
+            self._accept_mail(envelope, event.address, options)
         else:
             await self.push(status)
+
+    def _accept_mail(self, envelope: Envelope, address: str, options: list[str]) -> None:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        self._send(replies.SENDER_OK)
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -628,11 +687,14 @@ class SMTP:
             else MISSING
         )
         if is_missing(status):
-            envelope.rcpt_tos.append(event.address)
-            envelope.rcpt_options.extend(options)
-            self._send(replies.RECIPIENT_OK)
+            self._accept_rcpt(envelope, event.address, options)
         else:
             await self.push(status)
+
+    def _accept_rcpt(self, envelope: Envelope, address: str, options: list[str]) -> None:
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        self._send(replies.RECIPIENT_OK)
 
     @syntax("RSET")
     async def smtp_RSET(self, arg: str | None) -> None:
@@ -659,15 +721,7 @@ class SMTP:
     async def _end_of_data(self, event: EndOfData) -> None:
         envelope = self.envelope
         assert envelope is not None and self.session is not None
-        content = event.content
-        envelope.original_content = content
-        if self._decode_data:
-            if self.enable_SMTPUTF8:
-                envelope.content = content.decode("utf-8", "surrogateescape")
-            else:
-                envelope.content = content.decode("ascii")
-        else:
-            envelope.content = content
+        content = self._store_content(envelope, event.content)
         try:
             if "DATA" in self._hooks.commands:
                 status = await self._call_hook("DATA")
@@ -687,19 +741,35 @@ class SMTP:
                 self._send(replies.MESSAGE_ACCEPTED)
             else:
                 await self.push(status)
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "message received" if self._last_code < 400 else "message refused by handler",
-                    extra={
-                        "session_id": self.session.id,
-                        "size": len(content),
-                        "rcpts": len(envelope.rcpt_tos),
-                        "code": self._last_code,
-                    },
-                )
+            self._log_message(envelope, content)
         finally:
             # The transaction is over with any end-of-data reply (RFC 5321 section 3.3).
             self.envelope = self._create_envelope()
+
+    def _store_content(self, envelope: Envelope, content: bytes) -> bytes:
+        """Put the message into the envelope: bytes, or str when ``decode_data`` is on."""
+        envelope.original_content = content
+        if self._decode_data:
+            if self.enable_SMTPUTF8:
+                envelope.content = content.decode("utf-8", "surrogateescape")
+            else:
+                envelope.content = content.decode("ascii")
+        else:
+            envelope.content = content
+        return content
+
+    def _log_message(self, envelope: Envelope, content: bytes) -> None:
+        if log.isEnabledFor(logging.INFO):
+            assert self.session is not None
+            log.info(
+                "message received" if self._last_code < 400 else "message refused by handler",
+                extra={
+                    "session_id": self.session.id,
+                    "size": len(content),
+                    "rcpts": len(envelope.rcpt_tos),
+                    "code": self._last_code,
+                },
+            )
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str | None) -> None:
