@@ -213,6 +213,8 @@ class BodyReader:
         """Take body bytes; once the terminator is seen, return what followed it (else b"")."""
         if self._done or not data:
             return data
+        if type(data) is not bytes:
+            data = bytes(data)  # chunks are kept by reference: never a caller's mutable buffer
         held = self._held
         if held:
             data = held + data

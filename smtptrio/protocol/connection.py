@@ -137,7 +137,11 @@ class Connection:
         self._buffer_limit = self._line_limit_for(config)
         # No verb's line allowance is below this, so shorter lines skip the per-verb lookup.
         self._shortest_limit = min(
-            (config.command_size_limit, *config.command_size_limits.values())
+            (
+                config.command_size_limit,
+                *config.command_size_limits.values(),
+                *((AUTH_LINE_LIMIT,) if config.auth_mechanisms else ()),
+            )
         )
         # Whether any of the configuration-dependent gates of _policy_gates can apply.
         self._gated = bool(

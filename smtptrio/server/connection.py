@@ -126,8 +126,13 @@ class ConnectionIO:
         """The local address of the connection (asyncio's ``sockname``), or None."""
         if self._sockname is None:
             transport: Any = self._stream
-            while isinstance(transport, trio.SSLStream):
-                transport = transport.transport_stream
+            for _ in range(8):  # TLS over a PROXY prefix over the socket, at most
+                if isinstance(transport, trio.SSLStream):
+                    transport = transport.transport_stream
+                elif isinstance(transport, _Prefixed):
+                    transport = transport._inner
+                else:
+                    break
             if isinstance(transport, trio.SocketStream):
                 try:
                     self._sockname = transport.socket.getsockname()
@@ -166,18 +171,28 @@ class ConnectionIO:
         that does suspend gets its deadline armed and the idle timer paused: two deadline
         moves each way, which the profile showed as most of a hook's cost.
         """
-        result = func(*args)
-        if type(result) is not CoroutineType and not inspect.isawaitable(result):
-            return result
-        limit = self.options.hook_timeout
-        if limit is None:
-            return await self._await_hook(result, None, 0.0)
-        with trio.CancelScope() as hook_scope:
-            return await self._await_hook(result, hook_scope, limit)
-        raise HookTimeout(f"hook {getattr(func, '__name__', func)!r} exceeded {limit} s")
+        start = self._clock.current_time()
+        try:
+            result = func(*args)
+            if type(result) is not CoroutineType and not inspect.isawaitable(result):
+                return result
+            limit = self.options.hook_timeout
+            if limit is None:
+                return await self._await_hook(result, None, 0.0)
+            with trio.CancelScope() as hook_scope:
+                # The hook's time counts from its call, even if it blocks before it awaits.
+                return await self._await_hook(result, hook_scope, start + limit)
+            raise HookTimeout(f"hook {getattr(func, '__name__', func)!r} exceeded {limit} s")
+        finally:
+            # The idle timer restarts when the hook returns, however it spent its time (a
+            # plain function or an async hook may block without ever suspending). Usually
+            # this moves the deadline by microseconds, below the slack: no trio call.
+            self._touch()
+            if self._deadline - self._applied >= self._slack:
+                self._scope.deadline = self._applied = self._deadline
 
     async def _await_hook(
-        self, result: Any, hook_scope: trio.CancelScope | None, limit: float
+        self, result: Any, hook_scope: trio.CancelScope | None, hook_deadline: float
     ) -> Any:
         if type(result) is CoroutineType:
             # Run the coroutine to its first suspension. It runs inside the hook's cancel
@@ -187,9 +202,9 @@ class ConnectionIO:
             except StopIteration as done:
                 return done.value
             result = _Resumed(result, trap)
-        # It waits for something: pause the idle timer, start the hook's clock.
+        # It waits for something: pause the idle timer, arm the hook's deadline.
         if hook_scope is not None:
-            hook_scope.deadline = self._clock.current_time() + limit
+            hook_scope.deadline = hook_deadline
         self._scope.deadline = self._applied = math.inf
         try:
             return await result
@@ -575,6 +590,12 @@ class ConnectionIO:
                 data = await self._read()
         finally:
             self._waiting_idle = False
+        if data and self.stop_reason is StopReason.SHUTDOWN:
+            # The server began to shut down while we waited for a command, and this one
+            # arrived before the cancellation reached us: it must not start a transaction
+            # that the pending cancellation would cut short. It gets 421 4.3.2 instead.
+            conn.send(replies.SERVICE_SHUTTING_DOWN)
+            return
         if data:
             self._fresh_input = True
             if conn.in_data:

@@ -186,16 +186,20 @@ class SMTP:
         self.transport = _Transport(self)
         # The transaction commands that run no user code here (no hook, smtp_* method not
         # overridden): dispatch_now() answers them without a coroutine.
+        # Looked up on the class for every session, so a method patched after the class was
+        # made (mock.patch.object(SMTP, "smtp_RCPT", ...)) is seen as well.
         commands = hooks.commands
-        overridden = type(self)._overridden
-        self._now_mail = "MAIL" not in commands and "MAIL" not in overridden
-        self._now_rcpt = "RCPT" not in commands and "RCPT" not in overridden
-        self._now_data = "DATA" not in overridden
+        cls = type(self)
+        plain = cls.dispatch is _DEFAULTS["dispatch"]
+        self._now_mail = plain and "MAIL" not in commands and _is_default(cls, "smtp_MAIL")
+        self._now_rcpt = plain and "RCPT" not in commands and _is_default(cls, "smtp_RCPT")
+        self._now_data = plain and _is_default(cls, "smtp_DATA")
         self._now_end_of_data = (
-            "DATA" not in commands
+            plain
+            and "DATA" not in commands
             and hooks.process_message is None
-            and type(self)._end_of_data is SMTP._end_of_data
-            and type(self)._create_envelope is SMTP._create_envelope
+            and _is_default(cls, "_end_of_data")
+            and _is_default(cls, "_create_envelope")
         )
 
     # ------------------------------------------------------------------ configuration
@@ -906,4 +910,16 @@ class _ExchangeAborted(Exception):
 
 
 SMTP._register_commands()
+
+#: SMTP's own methods that dispatch_now() stands in for, as defined here.
+_DEFAULTS: dict[str, object] = {
+    name: SMTP.__dict__[name]
+    for name in (
+        "dispatch", "smtp_MAIL", "smtp_RCPT", "smtp_DATA", "_end_of_data", "_create_envelope"
+    )
+}
+
+
+def _is_default(cls: type, name: str) -> bool:
+    return getattr(cls, name) is _DEFAULTS[name]
 

@@ -280,3 +280,14 @@ def test_leading_dots_in_every_chunking(data: bytes) -> None:
     for cut in range(1, len(data)):
         assert read_body([data[:cut], data[cut:]]) == expected
     assert read_body([data[i : i + 1] for i in range(len(data))]) == expected
+
+
+def test_a_reused_bytearray_chunk_does_not_change_what_was_kept() -> None:
+    # Large chunks are kept by reference; a caller's mutable buffer is copied first.
+    reader = BodyReader(size_limit=None, line_limit=None, bare_newline="keep")
+    reader.feed(b"x")  # nothing held back after this, so the next chunk is not re-joined
+    buf = bytearray(b"a" * 20000)  # no CR or LF at its end: judged whole, as it came
+    reader.feed(buf)  # type: ignore[arg-type]
+    buf[:] = b"b" * len(buf)
+    reader.feed(b"\r\n.\r\n")
+    assert reader.result() == (BodyOutcome.OK, b"x" + b"a" * 20000 + b"\r\n")

@@ -366,6 +366,10 @@ CASES = [
     # RFC 4954 section 4: an AUTH line over the limit gets 500 5.5.6.
     case("auth-command-line-too-long", [EHLO, "AUTH PLAIN " + "A" * 12300, NOOP],
          [GREET, (500, "5.5.6"), OK], **AUTH_NO_TLS),
+    # ...also when other command lines may be longer than AUTH's 12288 octets.
+    case("auth-command-line-too-long-with-long-commands",
+         [EHLO, "AUTH PLAIN " + "A" * 13000, NOOP],
+         [GREET, (500, "5.5.6"), OK], command_size_limit=20000, **AUTH_NO_TLS),
     case("auth-failures-counted-for-cancel", [EHLO] + ["AUTH PLAIN", "*"] * 3 + ["AUTH PLAIN"],
          [GREET] + [(334, None), (501, "5.7.0")] * 3 + [CLOSING], **AUTH_NO_TLS),
     # --- limits on the session

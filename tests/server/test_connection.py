@@ -23,6 +23,7 @@ from helpers import (
 
 import smtptrio
 from smtptrio import MISSING, SMTP, Envelope, Session, syntax
+from smtptrio.handlers import Sink
 
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
 
@@ -488,6 +489,103 @@ async def test_hook_failing_after_it_suspended_gets_451_and_the_session_goes_on(
         client = await srv.greeted()
         assert (await client.cmd("NOOP", timeout=100)).codes == (451, "4.3.0")
         assert (await client.cmd("RSET")).codes == (250, "2.0.0")
+
+
+class BlockingHook:
+    """Hooks that take time without ever suspending (blocking work), simulated on the
+    autojump clock; NOOP's hook is a plain function, RSET's an async one."""
+
+    def __init__(self, clock: trio.testing.MockClock, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+
+    def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str | None
+    ) -> str:
+        self.clock.jump(self.seconds)
+        return "250 2.0.0 blocked"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.clock.jump(self.seconds)
+        return "250 2.0.0 blocked"
+
+
+@pytest.mark.parametrize("verb", ["NOOP", "RSET"])
+async def test_hook_blocking_longer_than_the_idle_timeout_does_not_end_the_session(
+    autojump_clock: trio.testing.MockClock, verb: str
+) -> None:
+    # The idle timer restarts when a hook returns, also for one that never suspended.
+    async with running_server(BlockingHook(autojump_clock, 1.5), timeout=1) as srv:
+        client = await srv.greeted()
+        assert (await client.cmd(verb)).codes == (250, "2.0.0")
+        assert (await client.cmd("NOOP")).codes == (250, "2.0.0")
+        assert (await client.cmd("QUIT")).code == 221
+
+
+class BlocksThenAwaits:
+    def __init__(self, clock: trio.testing.MockClock) -> None:
+        self.clock = clock
+        self.finished = False
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str | None
+    ) -> str:
+        self.clock.jump(1.0)  # blocking work past hook_timeout...
+        await trio.sleep(0.1)  # ...so the first await is where it is cancelled
+        self.finished = True
+        return "250 2.0.0 late"
+
+
+async def test_hook_timeout_counts_from_the_call_not_from_the_first_await(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handler = BlocksThenAwaits(autojump_clock)
+    async with running_server(handler, hook_timeout=0.5) as srv:
+        client = await srv.greeted()
+        assert (await client.cmd("NOOP", timeout=100)).codes == (451, "4.3.0")
+        assert (await client.cmd("RSET")).codes == (250, "2.0.0")
+    assert not handler.finished
+
+
+class MailCounter(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mail_calls = 0
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> Any:
+        self.mail_calls += 1
+        return MISSING
+
+
+async def test_command_racing_a_shutdown_gets_421_and_starts_no_transaction() -> None:
+    # shutdown() cancels sessions that wait idle for a command. A command that has already
+    # arrived when that happens must not start a transaction the pending cancellation
+    # would cut short (on TCP its 250 would go out, then 421 at the next command): it gets
+    # 421 4.3.2 and never reaches the handler.
+    handler = MailCounter()
+    async with running_server(handler) as srv:
+        client = await srv.connect()
+        stream = srv.listener.server_streams[-1]
+        inner_receive = stream.receive_some
+        armed = False
+
+        async def receive_racing_shutdown(max_bytes: int | None = None) -> Any:
+            data = await inner_receive(max_bytes)
+            if armed:
+                for io in list(srv.server._connections):
+                    io.request_shutdown()  # what shutdown() does first, for every session
+            return data
+
+        stream.receive_some = receive_racing_shutdown  # type: ignore[method-assign]
+        await client.greeting()
+        await client.ehlo("client.example")
+        armed = True  # the server now waits, idle, in receive_racing_shutdown
+        await client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+        assert (await client.reply()).codes == (421, "4.3.2")
+        await client.expect_eof()
+    assert handler.mail_calls == 0
 
 
 # ---------------------------------------------------------------------------- disconnects, garbage
@@ -1409,6 +1507,40 @@ async def test_subclass_create_session_and_create_envelope_overrides_are_honoure
         assert (await client.transaction()).code == 250
     assert handler.types == [(CustomSession, CustomEnvelope)] * 2
     assert all(type(e) is CustomEnvelope for e in handler.envelopes)
+
+
+async def test_smtp_methods_patched_on_the_class_are_still_called(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without hooks, MAIL/RCPT/DATA are answered without a coroutine; a method patched on
+    # SMTP after the class was made (a test's spy) must still be called.
+    calls: list[str | None] = []
+    original = SMTP.smtp_RCPT
+
+    async def spy(self: SMTP, arg: str | None) -> None:
+        calls.append(arg)
+        await original(self, arg)
+
+    monkeypatch.setattr(SMTP, "smtp_RCPT", spy)
+    async with running_server(Sink()) as srv:
+        client = await srv.ehloed()
+        assert (await client.transaction(rcpt_tos=["bart@example.org"])).code == 250
+    assert calls == ["TO:<bart@example.org>"]
+
+
+async def test_subclass_create_envelope_is_honoured_without_hooks() -> None:
+    seen: list[type] = []
+
+    class Watching(FactorySMTP):
+        async def smtp_NOOP(self, arg: str | None) -> None:
+            seen.append(type(self.envelope))
+            await super().smtp_NOOP(arg)
+
+    async with running_server(Sink(), smtp_class=Watching) as srv:
+        client = await srv.ehloed()
+        assert (await client.transaction()).code == 250
+        assert (await client.cmd("NOOP")).code == 250
+    assert seen == [CustomEnvelope]
 
 
 async def test_subclass_class_attribute_limits_apply_per_instance() -> None:

@@ -162,3 +162,65 @@ async def test_per_address_limit_counts_the_proxy_source_not_the_proxy() -> None
         assert (await other.greeting()).code == 220
         for client in [*clients, other]:
             await client.quit()
+
+
+class SocknameRecorder(ProxyRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sockname: Any = "unset"
+
+    async def handle_NOOP(self, server: Any, session: Any, envelope: Any, arg: Any) -> str:
+        self.sockname = server.transport.get_extra_info("sockname")
+        return "250 2.0.0 OK"
+
+
+async def test_sockname_with_proxy_header_and_client_hello_in_one_segment() -> None:
+    """The stream is then TLS over the PROXY leftover over the socket; sockname still works."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    handler = SocknameRecorder()
+    async with serving_tcp(handler, proxy_protocol_timeout=5, ssl_context=server_ctx) as server:
+        port = server.port
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            await stream.send_all(V1 + outgoing.read())  # header and ClientHello together
+            for _ in range(20):  # a handshake takes a few round trips
+                incoming.write(await stream.receive_some(65536))
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    await stream.send_all(outgoing.read())
+                    continue
+                await stream.send_all(outgoing.read())
+                break
+            received = b""
+            for _ in range(20):
+                try:
+                    received += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    pass
+                if received.endswith(b"\r\n"):
+                    break
+                incoming.write(await stream.receive_some(65536))
+            assert received.startswith(b"220 ")
+            tls.write(b"NOOP\r\n")
+            await stream.send_all(outgoing.read())
+            reply = b""
+            for _ in range(20):
+                incoming.write(await stream.receive_some(65536))
+                try:
+                    reply += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    continue
+                if reply.endswith(b"\r\n"):
+                    break
+            assert reply.startswith(b"250 ")
+            await trio.aclose_forcefully(stream)
+    assert handler.sockname == ("127.0.0.1", port)
