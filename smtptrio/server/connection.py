@@ -185,11 +185,11 @@ class ConnectionIO:
             raise HookTimeout(f"hook {getattr(func, '__name__', func)!r} exceeded {limit} s")
         finally:
             # The idle timer restarts when the hook returns, however it spent its time (a
-            # plain function or an async hook may block without ever suspending). Usually
-            # this moves the deadline by microseconds, below the slack: no trio call.
+            # plain function or an async hook may block without ever suspending). After a
+            # hook that did not suspend this moves the deadline by microseconds, below the
+            # slack: no trio call; after one that did, it ends the pause.
             self._touch()
-            if self._deadline - self._applied >= self._slack:
-                self._scope.deadline = self._applied = self._deadline
+            self._apply_deadline()
 
     async def _await_hook(
         self, result: Any, hook_scope: trio.CancelScope | None, hook_deadline: float
@@ -205,12 +205,8 @@ class ConnectionIO:
         # It waits for something: pause the idle timer, arm the hook's deadline.
         if hook_scope is not None:
             hook_scope.deadline = hook_deadline
-        self._scope.deadline = self._applied = math.inf
-        try:
-            return await result
-        finally:
-            self._touch()
-            self._scope.deadline = self._applied = self._deadline
+        self._scope.deadline = self._applied = math.inf  # run_hook ends the pause
+        return await result
 
     async def read_event(self) -> Event | Sentinel:
         """The next event, receiving (and flushing replies first) as long as the engine needs."""
@@ -508,6 +504,18 @@ class ConnectionIO:
 
     # ------------------------------------------------------------------ I/O
 
+    def _apply_deadline(self) -> None:
+        """Give the idle deadline to the cancel scope, if it moved enough to be worth it.
+
+        Moving a trio deadline costs a heap operation: an earlier one is applied at once, a
+        later one only once it moved by 1% of the timeout (at most a second), so the timeout
+        fires at most that much early. Hooks that wait pause it (run_hook).
+        """
+        deadline = self._deadline
+        applied = self._applied
+        if deadline < applied or deadline - applied >= self._slack:
+            self._scope.deadline = self._applied = deadline
+
     def _touch(self) -> None:
         """Activity: the idle deadline moves forward (RFC 5321 section 4.5.3.2 timeouts)."""
         self._deadline = self._clock.current_time() + self._timeout
@@ -554,13 +562,7 @@ class ConnectionIO:
     async def _receive(self, after_reply: bool = False) -> None:
         conn = self.conn
         self._waiting_idle = conn.phase is Phase.COMMAND and not conn.in_transaction
-        # Moving a trio deadline costs a heap operation: an earlier one is applied at once, a
-        # later one only once it moved by 1% of the timeout (at most a second), so the
-        # timeout fires at most that much early. Hooks pause it (run_hook).
-        deadline = self._deadline
-        applied = self._applied
-        if deadline < applied or deadline - applied >= self._slack:
-            self._scope.deadline = self._applied = deadline
+        self._apply_deadline()
         try:
             fd = self._fd
             data = None

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-import trustme
 from helpers import Recorder, running_server, serving_tcp, tcp_client
 
 import smtptrio
@@ -105,13 +104,10 @@ async def test_without_handle_proxy_the_server_warns_and_closes_every_connection
             assert await client.read_to_eof() == b""
 
 
-async def test_proxy_then_implicit_tls_over_tcp() -> None:
+async def test_proxy_then_implicit_tls_over_tcp(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
     """The header comes before the TLS ClientHello (HAProxy's send-proxy with SMTPS)."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
     handler = ProxyRecorder()
     async with serving_tcp(handler, proxy_protocol_timeout=5, ssl_context=server_ctx) as server:
         with trio.fail_after(10):
@@ -174,13 +170,10 @@ class SocknameRecorder(ProxyRecorder):
         return "250 2.0.0 OK"
 
 
-async def test_sockname_with_proxy_header_and_client_hello_in_one_segment() -> None:
+async def test_sockname_with_proxy_header_and_client_hello_in_one_segment(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
     """The stream is then TLS over the PROXY leftover over the socket; sockname still works."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
     handler = SocknameRecorder()
     async with serving_tcp(handler, proxy_protocol_timeout=5, ssl_context=server_ctx) as server:
         port = server.port
