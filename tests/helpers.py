@@ -461,3 +461,24 @@ class CountingHooks(Recorder):
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.calls += 1
         return await super().handle_DATA(server, session, envelope)
+
+
+async def reply_while_trickling(
+    client: SMTPClient, pieces: Iterable[bytes], interval: float, *, timeout: float
+) -> Reply:
+    """Send ``pieces`` one by one, ``interval`` seconds apart (each after a sleep), until the
+    server replies; return that reply. The sending stops at the reply or a hang-up."""
+
+    async def trickle() -> None:
+        for piece in pieces:
+            await trio.sleep(interval)
+            try:
+                await client.send(piece)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        reply = await client.reply(timeout=timeout)
+        nursery.cancel_scope.cancel()
+    return reply

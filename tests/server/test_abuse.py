@@ -25,6 +25,7 @@ from helpers import (
     SMTPClient,
     dot_stuff,
     open_connection_io,
+    reply_while_trickling,
     running_server,
 )
 
@@ -121,19 +122,8 @@ async def test_data_trickled_one_byte_every_3_s_is_closed_by_min_data_rate(
         await open_transaction(client)
         data_at = trio.current_time()
 
-        async def trickle() -> None:
-            for _ in range(1000):
-                for byte in b"ab\r\n":
-                    await trio.sleep(3)
-                    try:
-                        await client.send(bytes([byte]))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trickle)
-            reply = await client.reply(timeout=3000)
-            nursery.cancel_scope.cancel()
+        octets = [bytes([byte]) for byte in b"ab\r\n"] * 1000
+        reply = await reply_while_trickling(client, octets, 3, timeout=3000)
         assert reply.codes == (421, "4.4.2")
         assert trio.current_time() - data_at <= 60 + 3 + 0.1
         await client.expect_eof()

@@ -18,6 +18,7 @@ from helpers import (
     dot_stuff,
     open_connection_io,
     parse_replies,
+    reply_while_trickling,
     running_server,
 )
 
@@ -221,6 +222,7 @@ async def test_each_command_restarts_the_idle_timer(autojump_clock: trio.testing
         assert trio.current_time() - noop_at == pytest.approx(300, abs=0.5)
 
 
+
 async def test_trickled_partial_line_does_not_extend_the_idle_timer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -229,18 +231,7 @@ async def test_trickled_partial_line_does_not_extend_the_idle_timer(
         assert (await client.cmd("EHLO client.example")).code == 250
         last_line_at = trio.current_time()
 
-        async def trickle() -> None:
-            for _ in range(100):
-                await trio.sleep(10)
-                try:
-                    await client.send(b"X")  # a command line that never ends
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trickle)
-            reply = await client.reply(timeout=1000)
-            nursery.cancel_scope.cancel()
+        reply = await reply_while_trickling(client, [b"X"] * 100, 10, timeout=1000)
         assert reply.codes == (421, "4.4.2")
         assert trio.current_time() - last_line_at == pytest.approx(300, abs=0.5)
 
@@ -274,18 +265,7 @@ async def test_trickled_partial_data_line_does_not_extend_the_idle_timer(
         assert (await client.cmd("DATA")).code == 354
         data_at = trio.current_time()
 
-        async def trickle() -> None:
-            for _ in range(100):
-                await trio.sleep(10)
-                try:
-                    await client.send(b"a")  # one text line that never ends
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trickle)
-            reply = await client.reply(timeout=1000)
-            nursery.cancel_scope.cancel()
+        reply = await reply_while_trickling(client, [b"a"] * 100, 10, timeout=1000)
         assert reply.codes == (421, "4.4.2")
         assert trio.current_time() - data_at == pytest.approx(300, abs=0.5)
     assert handler.envelopes == []
@@ -320,19 +300,8 @@ async def test_data_trickled_one_byte_every_5_s_is_closed_by_min_data_rate(
         assert (await client.cmd("DATA")).code == 354
         data_at = trio.current_time()
 
-        async def trickle() -> None:
-            for _ in range(1000):
-                for byte in b"ab\r\n":  # complete lines, one octet at a time
-                    await trio.sleep(5)
-                    try:
-                        await client.send(bytes([byte]))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trickle)
-            reply = await client.reply(timeout=2000)
-            nursery.cancel_scope.cancel()
+        octets = [bytes([byte]) for byte in b"ab\r\n"] * 1000  # complete lines, an octet at a time
+        reply = await reply_while_trickling(client, octets, 5, timeout=2000)
         assert reply.codes == (421, "4.4.2")
         # Far below the 1000+ s the lines alone would have bought without the rate rule.
         assert trio.current_time() - data_at < 320
